@@ -1,0 +1,62 @@
+"""Casts: identity (native precision) and FP16 (IEEE 754 binary16, saturating)."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import attrs
+import torch
+
+from kvcodec.codec import Form, TensorStage
+from kvcodec.errors import DecodeError
+
+from .grouping import FP16_MAX
+
+
+def _float(y, stage: str, dtypes=None) -> torch.Tensor:
+    if not isinstance(y, torch.Tensor) or not y.is_floating_point() or (dtypes and y.dtype not in dtypes):
+        raise DecodeError(f"{stage}: expected a float tensor{' of ' + str(dtypes) if dtypes else ''}")
+    return y
+
+
+@attrs.frozen
+class Identity(TensorStage):
+    """Send keys or values in their native dtype (float32, float16 or bfloat16), unchanged.
+
+    encode/decode: ``[B,H,T,D]`` float tensor → the same tensor; no side information.
+    """
+
+    name = "identity"
+    family = "cast"
+    accepts = Form.FLOAT
+    produces = Form.FLOAT
+    lossless = True
+
+    def encode(self, x: torch.Tensor):
+        return x, {}
+
+    def decode(self, y, side: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return _float(y, self.name)
+
+
+@attrs.frozen
+class FP16Cast(TensorStage):
+    """Cast to IEEE 754 half precision (2 bytes per element).
+
+    Values beyond ±65504 (FP16's largest finite value) saturate to ±65504 instead of
+    becoming ±inf; NaN stays NaN; other values round to nearest even.
+
+    encode: float ``[B,H,T,D]`` → float16 ``[B,H,T,D]``; decode: float16 → the same tensor
+    (the pipeline casts it back to the cache dtype).
+    """
+
+    name = "fp16"
+    family = "cast"
+    accepts = Form.FLOAT
+    produces = Form.FLOAT
+
+    def encode(self, x: torch.Tensor):
+        return x.float().clamp(-FP16_MAX, FP16_MAX).to(torch.float16), {}
+
+    def decode(self, y, side: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return _float(y, self.name, (torch.float16,))
