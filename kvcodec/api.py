@@ -99,6 +99,18 @@ def _decode_tensor(payload: wire.Payload, enc: wire.EncodedTensor, shape, device
     return x
 
 
+def _saturating_cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Cast to the cache dtype; finite values beyond its range saturate instead of becoming
+    ±inf (a quantizer's top code may land a little above the group's maximum, e.g. just
+    past FP16's 65504)."""
+    if x.dtype == dtype:
+        return x
+    limit = torch.finfo(dtype).max
+    if limit < torch.finfo(x.dtype).max:
+        x = torch.where(torch.isinf(x), x, x.clamp(-limit, limit))
+    return x.to(dtype)
+
+
 def decode_payload(payload: wire.Payload, device: torch.device | str | None = None) -> KVCache:
     """Undo every layer's chains and rebuild the :class:`KVCache` (in the dtype it was sent).
 
@@ -110,7 +122,7 @@ def decode_payload(payload: wire.Payload, device: torch.device | str | None = No
         b, h, t = payload.batch, enc.kv_heads, enc.seq_len
         keys = _decode_tensor(payload, enc.keys, (b, h, t, enc.head_dim_k), device, f"layer {i} keys")
         values = _decode_tensor(payload, enc.values, (b, h, t, enc.head_dim_v), device, f"layer {i} values")
-        keys, values = keys.to(enc.dtype), values.to(enc.dtype)
+        keys, values = _saturating_cast(keys, enc.dtype), _saturating_cast(values, enc.dtype)
         kw = dict(layer_type=enc.layer_type, sliding_window=enc.sliding_window)
         if enc.positions is None:
             layers.append(LayerKV.contiguous(keys, values, enc.seen_tokens, **kw))

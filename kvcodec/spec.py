@@ -26,9 +26,9 @@ from kvcodec.pipeline import Pipeline, Rule
 from kvcodec.plugins import Registry, get_registry
 
 _NAME = re.compile(r"[a-z_][a-z0-9_]*\Z")
-_SHORTHAND = re.compile(r"([a-z_][a-z0-9_]*?)(\d+)\Z")
+_SHORTHAND = re.compile(r"([a-z_][a-z0-9_]*?)(\d{1,6})\Z")  # bounded: int() of a huge digit run raises
 _TARGET = re.compile(r"(?:(kv|k|v)|L([0-9,\-]+)(?:\.(k|v))?)\Z")
-_SPAN = re.compile(r"(\d+)(?:-(\d+))?\Z")
+_SPAN = re.compile(r"(\d{1,6})(?:-(\d{1,6}))?\Z")
 MAX_LAYER = 4095
 
 
@@ -86,7 +86,20 @@ def build_stage(cls: type[Stage], params: dict[str, Any]) -> Stage:
     try:
         return cls(**params)
     except (TypeError, ValueError) as exc:
-        raise ValueError(str(exc)) from None
+        # attrs validators raise ValueError(message, attribute, …): keep the message and
+        # name the field so a parser can point at it
+        message = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+        field = getattr(exc.args[1], "name", None) if len(exc.args) > 1 else None
+        field = field or next((k for k in params if f"'{k}'" in message), None)
+        raise StageParamError(message, field) from None
+
+
+class StageParamError(ValueError):
+    """A stage rejected its parameters; ``field`` names the offending one when known."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class _Parser:
@@ -177,6 +190,7 @@ class _Parser:
             info, params["bits"] = base, int(m.group(2))
         types = info.cls.param_types()
         pcol = col + len(name) + 1
+        columns: dict[str, tuple[int, str]] = {}
         for kcol, item in (_tokens(rest, ",", pcol) if colon else []):
             key, eq, value = item.partition("=")
             if not eq or not _NAME.match(key) or not value:
@@ -189,10 +203,12 @@ class _Parser:
                 params[key] = convert(value, types[key])
             except ValueError as exc:
                 raise self.fail(kcol, item, f"{key}: {exc}") from None
+            columns[key] = (kcol, item)
         try:
             return build_stage(info.cls, params)
-        except ValueError as exc:
-            raise self.fail(col, text, str(exc)) from None
+        except StageParamError as exc:
+            kcol, item = columns.get(exc.field or "", (col, text))
+            raise self.fail(kcol, item, str(exc)) from None
 
 
 def parse(text: str, registry: Registry | None = None) -> Pipeline:

@@ -62,6 +62,7 @@ MAX_STAGES = 32
 MAX_ARRAYS = 64
 MAX_NDIM = 8
 MAX_DIM = 1 << 31
+MAX_ELEMENTS = 1 << 40  # product of the dimensions, zeros counted as 1 (an empty array's shape must stay sane)
 
 
 @attrs.frozen(eq=False)
@@ -291,7 +292,12 @@ class _Reader:
 
     def dims(self, what: str) -> tuple[int, ...]:
         ndim = self.bounded(f"{what} ndim", self.u8(what), 0, MAX_NDIM)
-        return tuple(self.bounded(f"{what} dimension", self.u32(what), 0, MAX_DIM) for _ in range(ndim))
+        shape = tuple(self.bounded(f"{what} dimension", self.u32(what), 0, MAX_DIM) for _ in range(ndim))
+        # an empty array (a zero dimension) needs no bytes, but torch cannot even describe
+        # shapes like (0, 2^31, 2^31, 2^31): its strides overflow
+        if math.prod(max(d, 1) for d in shape) > MAX_ELEMENTS:
+            raise DecodeError(f"{self.where}: {what} shape {shape} is too large")
+        return shape
 
     def array(self, what: str) -> torch.Tensor:
         code = self.u8(what)
@@ -468,6 +474,10 @@ def load(data: bytes | bytearray | memoryview, registry=None) -> Payload:
             raise DecodeError(f"checksum mismatch in {where}")
         r = _Reader(buf, pos + 4, end, where)
         layers.append(_read_layer(r, index, header))
+        if layers[-1].dtype != layers[0].dtype:
+            raise DecodeError(
+                f"inconsistent geometry: {where} has dtype {layers[-1].dtype}, layer 0 has {layers[0].dtype}"
+            )
         if r.pos != end:
             raise DecodeError(f"{where}: {end - r.pos} unexpected bytes at its end")
         layers[-1] = attrs.evolve(layers[-1], wire_bytes=end + 4 - pos)

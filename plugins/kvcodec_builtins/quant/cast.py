@@ -59,4 +59,6 @@ class FP16Cast(TensorStage):
         return x.float().clamp(-FP16_MAX, FP16_MAX).to(torch.float16), {}
 
     def decode(self, y, side: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return _float(y, self.name, (torch.float16,))
+        # any float dtype: after a later stage (fp16+int4) the input is that stage's float32
+        # reconstruction of the float16 values, not float16 itself
+        return _float(y, self.name)

@@ -40,8 +40,10 @@ class Grouping:
             if d % size:
                 raise error(f"group size {size} does not divide head_dim {d}")
             return cls(tuple(shape), axis, size, d // size)
-        size = group or t
-        return cls(tuple(shape), axis, max(size, 1), math.ceil(t / max(size, 1)))
+        # a run longer than the tokens is one run of all of them: same groups and stats, and
+        # no padding proportional to an (untrusted, possibly huge) group parameter
+        size = max(min(group or t, t), 1)
+        return cls(tuple(shape), axis, size, math.ceil(t / size))
 
     @property
     def stats_shape(self) -> tuple[int, ...]:
@@ -59,6 +61,14 @@ class Grouping:
         if pad:
             xt = torch.cat([xt, xt[..., -1:].expand(b, h, d, pad)], dim=-1)
         return xt.reshape(b, h, d, self.count, self.size)
+
+    def lengths(self) -> torch.Tensor:
+        """Number of real (unpadded) elements in each group along the grouped axis, shape
+        ``[count]`` (float32): all ``size`` except a shorter last channel run."""
+        n = torch.full((self.count,), float(self.size))
+        if self.axis == "channel" and self.count:
+            n[-1] = self.shape[2] - (self.count - 1) * self.size
+        return n
 
     def merge(self, g: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`split` (padding dropped)."""
@@ -81,6 +91,18 @@ def round_to_side_dtype(value: torch.Tensor, direction: str) -> torch.Tensor:
     fits = bool(torch.isfinite(v16).all()) and not bool(((mag > 0) & (mag < FP16_MIN_NORMAL)).any())
     fits = fits and not bool(((value != 0) & (v16 == 0)).any())
     return v16 if fits else value.float()
+
+
+def finite_stats(side: dict[str, torch.Tensor], stage: str) -> dict[str, torch.Tensor]:
+    """Refuse to emit side information a decoder would reject (inf/nan scale or zero point):
+    the input holds inf or nan, or a group spans more than float32 can represent."""
+    for name, t in side.items():
+        if not bool(torch.isfinite(t).all()):
+            raise CodecError(
+                f"{stage}: cannot quantize: some group's {name} is not finite (the input holds inf or nan,"
+                " or a range float32 cannot hold); send such layers with identity or fp16"
+            )
+    return side
 
 
 def check_stats(t: torch.Tensor, name: str, shape: tuple[int, ...], stage: str, positive: bool = False) -> torch.Tensor:

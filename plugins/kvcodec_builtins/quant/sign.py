@@ -16,7 +16,7 @@ import torch
 from kvcodec.codec import Codes, Form, TensorStage, side_tensor
 from kvcodec.errors import DecodeError
 
-from .grouping import AXES, Grouping, check_stats, round_to_side_dtype
+from .grouping import AXES, Grouping, check_stats, finite_stats, round_to_side_dtype
 
 
 @attrs.frozen
@@ -45,9 +45,16 @@ class SignQuantizer(TensorStage):
     def encode(self, x: torch.Tensor) -> tuple[Codes, dict[str, torch.Tensor]]:
         grouping = Grouping.of(tuple(x.shape), self.axis, self.group)
         g = grouping.split(x.float())
-        scale = round_to_side_dtype(g.abs().mean(-1), "nearest")
+        # mean over the group's real elements: a short last channel run is padded with copies
+        # of its last token, which must not count (they would bias the mean towards it)
+        a = g.abs()
+        pad = grouping.count * grouping.size - x.shape[2] if grouping.axis == "channel" else 0
+        if pad:
+            a[..., -1, grouping.size - pad :] = 0
+        mean = a.sum(-1) / grouping.lengths().to(a.device)
+        scale = round_to_side_dtype(mean, "nearest")
         codes = grouping.merge((g >= 0).to(torch.uint8))
-        return Codes(codes, 1), {"scale": scale}
+        return Codes(codes, 1), finite_stats({"scale": scale}, str(self))
 
     def decode(self, y: Codes, side: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if not isinstance(y, Codes) or y.bits != 1:

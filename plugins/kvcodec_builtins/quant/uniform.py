@@ -17,15 +17,15 @@ import torch
 from kvcodec.codec import Codes, Form, TensorStage, side_tensor
 from kvcodec.errors import DecodeError
 
-from .grouping import AXES, Grouping, check_stats, round_to_side_dtype
+from .grouping import AXES, Grouping, check_stats, finite_stats, round_to_side_dtype
 
 WIDTHS = (2, 3, 4, 5, 6, 7, 8, 16)
 
 
-def _bits_ok(_inst, _attr, value: int) -> None:
+def _bits_ok(_inst, attr, value: int) -> None:
     if value not in WIDTHS:
         hint = "; for 1 bit use 'sign'" if value == 1 else ""
-        raise ValueError(f"bits must be one of {', '.join(map(str, WIDTHS))} (got {value}){hint}")
+        raise ValueError(f"bits must be one of {', '.join(map(str, WIDTHS))} (got {value}){hint}", attr)
 
 
 @attrs.frozen
@@ -92,6 +92,7 @@ class UniformQuantizer(TensorStage):
             s = scale.float().unsqueeze(-1)
             q = torch.round((g - z) / torch.where(s == 0, 1.0, s)).clamp_(0, self.qmax)
             side = {"scale": scale, "zero": zero}
+        finite_stats(side, str(self))
         codes = grouping.merge(q).to(Codes.storage_dtype(self.bits))
         return Codes(codes, self.bits), side
 

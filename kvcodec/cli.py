@@ -1,0 +1,311 @@
+"""The ``kvcodec`` command line.
+
+    kvcodec simulate --link 100Mbps        the main job on the embedded default context
+    kvcodec encode / decode / inspect      write, read and examine payload files
+    kvcodec plugins                        list the installed codecs
+
+Bad arguments get one line on stderr and exit status 2; an unreadable payload or a model
+that cannot be loaded gets one line and exit status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from kvcodec.errors import CodecError, DecodeError, KVCodecError, ModelError, SpecError
+
+err_console = Console(stderr=True)
+
+
+class InputError(click.UsageError):
+    """A bad argument value: reported as one line, exit status 2."""
+
+
+def _read_default(name: str) -> str:
+    return resources.files("kvcodec").joinpath("data", name).read_text(encoding="utf-8").strip()
+
+
+def _pipelines(values: tuple[str, ...]):
+    from kvcodec.api import as_pipeline
+
+    try:
+        return [as_pipeline(v) for v in values]
+    except SpecError as exc:
+        raise InputError(str(exc)) from None
+
+
+def _link(bandwidth: str, latency: str, mtu: str, header_bytes: str):
+    from kvcodec_sim import Link, LinkSpecError
+
+    try:
+        return Link.parse(bandwidth, latency=latency, mtu=mtu, header_bytes=header_bytes)
+    except (LinkSpecError, ValueError, TypeError) as exc:
+        raise InputError(str(exc).splitlines()[0]) from None
+
+
+def _load(model: str, device: str | None, dtype: str | None):
+    from kvcodec.models import load_model
+
+    with err_console.status(f"loading {model}…") as status:
+        return load_model(model, device=device, dtype=dtype, progress=lambda msg: status.update(msg))
+
+
+def _text_file(path: str | None, default_name: str | None = None) -> str:
+    if path is None:
+        return _read_default(default_name) if default_name else ""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror if isinstance(exc, OSError) else 'not UTF-8 text'}")
+
+
+model_option = click.option(
+    "--model", default="smollm2-135m", show_default=True, help="smollm2-135m, gemma3-270m or a local .gguf path"
+)
+device_option = click.option("--device", default=None, help="cpu or cuda (default: cuda when available)")
+dtype_option = click.option("--dtype", default=None, help="float32, bfloat16 or float16 (default: bf16 on CUDA, fp32 on CPU)")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="kvcodec")
+def cli() -> None:
+    """Compress LLM KV caches with composable codecs, send them over a simulated link,
+    and see the bytes and the time to first token."""
+
+
+@cli.command()
+@click.option("--link", "bandwidth", default="100Mbps", show_default=True, help="link bandwidth: 100Mbps, 1Gbps, 12.5MB/s…")
+@click.option("--latency", default="0ms", show_default=True, help="one-way propagation delay: 10ms, 0.5s…")
+@click.option("--mtu", default="1500", show_default=True, help="largest packet on the wire, headers included (bytes)")
+@click.option("--header-bytes", default="40", show_default=True, help="per-packet header overhead (bytes; 40 = IPv4 + TCP)")
+@model_option
+@click.option("--context", "context_file", default=None, help="UTF-8 text file to prefill (default: embedded prose)")
+@click.option("--question", default=None, help="question the receiver asks (default: embedded)")
+@click.option("--tokens", type=click.IntRange(min=16, max=131072), default=None, help="cut or repeat the context to N tokens")
+@click.option("--pipeline", "pipelines", multiple=True, help="pipeline spec (repeatable; default: a standard set)")
+@click.option("--max-new-tokens", type=click.IntRange(1, 512), default=24, show_default=True)
+@device_option
+@dtype_option
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+def simulate(bandwidth, latency, mtu, header_bytes, model, context_file, question, tokens, pipelines, max_new_tokens, device, dtype, as_json):
+    """Prefill a real model, encode its KV cache with each pipeline, send it over a
+    simulated link, and compare TTFT with sending text and recomputing."""
+    from kvcodec.simulate import DEFAULT_PIPELINES, run
+
+    link = _link(bandwidth, latency, mtu, header_bytes)
+    parsed = _pipelines(pipelines or DEFAULT_PIPELINES)
+    context = _text_file(context_file, "default_context.txt")
+    if not context.strip():
+        raise InputError(f"context file {context_file} is empty")
+    question = question or _read_default("default_question.txt")
+    lm = _load(model, device, dtype)
+    with err_console.status("running…") as status:
+        report = run(lm, context, question, parsed, link, tokens=tokens, max_new_tokens=max_new_tokens, on_step=status.update)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+        return
+    _print_report(report)
+
+
+def _print_report(report) -> None:
+    console = Console()
+    link = report.link
+    title = (
+        f"{report.model} · {report.context_tokens} context tokens · {report.dtype} on {report.device} · "
+        f"link {link.bandwidth_bps / 1e6:g} Mbit/s, {link.latency_s * 1e3:g} ms, MTU {link.mtu_bytes} B, "
+        f"{link.header_bytes} B/packet header"
+    )
+    table = Table(title=title, title_justify="left")
+    for col in ("pipeline", "bytes", "× FP16", "bits/elem", "rel. error", "encode ms", "decode ms",
+                "transfer ms", "receiver ms", "TTFT ms", "same answer"):
+        table.add_column(col, justify="left" if col == "pipeline" else "right")
+    for r in report.rows:
+        table.add_row(
+            r.pipeline,
+            f"{r.bytes:,}",
+            f"{r.ratio_fp16:.3f}",
+            f"{r.bits_per_element:.3f}",
+            "—" if r.rel_error is None else f"{r.rel_error:.4f}",
+            f"{r.encode_s * 1e3:.0f}",
+            f"{r.decode_s * 1e3:.0f}",
+            f"{r.transfer_s * 1e3:.1f}",
+            f"{r.receiver_s * 1e3:.0f}",
+            f"{r.ttft_s * 1e3:.0f}",
+            "yes" if r.same_answer else "no",
+        )
+    console.print(table)
+    console.print(
+        f"Receiver compute model: this machine ({report.device}, {report.dtype}), measured in this run: "
+        f"question prefill on a received cache {report.prefill_question_s * 1e3:.0f} ms; prefill of context + "
+        f"question from text {report.prefill_full_s * 1e3:.0f} ms. TTFT = encode + transfer + decode + receiver; "
+        f"transfer = SimPy link delivery of len(payload) bytes (payload + {link.header_bytes} B per packet, "
+        f"+ {link.latency_s * 1e3:g} ms propagation)."
+    )
+    console.print(f"Question: {report.question}")
+    console.print(f"Answer from the uncompressed cache: {report.reference_answer!r}")
+    for r in report.rows:
+        if not r.same_answer:
+            console.print(f"  {r.pipeline}: {r.answer!r}")
+
+
+@cli.command()
+@model_option
+@click.option("--context", "context_file", default=None, help="UTF-8 text file to prefill (default: embedded prose)")
+@click.option("--pipeline", "spec", default="k=int4:axis=channel v=int4", show_default=True, help="pipeline spec")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, writable=True), help="payload file to write")
+@device_option
+@dtype_option
+def encode(model, context_file, spec, output, device, dtype):
+    """Prefill CONTEXT with the model (sender side) and write its encoded KV cache to a payload file.
+
+    The context is formatted as the first part of the model's prompt (see kvcodec.prompts);
+    the receiver appends the question with `kvcodec decode`.
+    """
+    from kvcodec import api
+    from kvcodec.generate import prefill
+    from kvcodec.prompts import split_prompt
+
+    (pipeline,) = _pipelines((spec,))
+    context = _text_file(context_file, "default_context.txt")
+    lm = _load(model, device, dtype)
+    ids = split_prompt(lm.tokenizer, context, "", chat=lm.chat).context_ids
+    cache = prefill(lm.model, ids)
+    try:
+        payload = api.encode(cache, pipeline)
+    except CodecError as exc:
+        raise InputError(str(exc)) from None
+    Path(output).write_bytes(payload)
+    err_console.print(
+        f"wrote {output}: {len(payload):,} bytes for {len(ids)} tokens "
+        f"({8 * len(payload) / cache.num_elements:.3f} bits per KV element, pipeline {pipeline})"
+    )
+
+
+def _read_payload(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+
+
+@cli.command()
+@click.argument("payload", type=click.Path(dir_okay=False))
+@model_option
+@click.option("--question", default=None, help="question to append (default: embedded)")
+@click.option("--max-new-tokens", type=click.IntRange(1, 512), default=32, show_default=True)
+@device_option
+@dtype_option
+def decode(payload, model, question, max_new_tokens, device, dtype):
+    """Decode PAYLOAD into a KV cache (receiver side), append the question and generate."""
+    from kvcodec import api
+    from kvcodec.generate import greedy
+    from kvcodec.prompts import split_prompt
+
+    data = _read_payload(payload)
+    cache = api.decode(data)
+    lm = _load(model, device, dtype)
+    _check_geometry(cache, lm)
+    question = question or _read_default("default_question.txt")
+    ids = split_prompt(lm.tokenizer, "", question, chat=lm.chat).question_ids
+    out = greedy(lm.model, lm.tokenizer, cache.to(device=lm.device, dtype=lm.dtype), ids, max_new_tokens=max_new_tokens)
+    click.echo(out.text)
+
+
+def _check_geometry(cache, lm) -> None:
+    cfg = lm.model.config.get_text_config()
+    layers = cfg.num_hidden_layers
+    heads = cfg.num_key_value_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    got = (cache.num_layers, cache[0].kv_heads, cache[0].head_dim)
+    if got != (layers, heads, head_dim):
+        raise DecodeError(
+            f"payload geometry (layers, kv_heads, head_dim) = {got} does not fit {lm.name} {(layers, heads, head_dim)}"
+        )
+
+
+@cli.command()
+@click.argument("payload", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="print as JSON")
+def inspect(payload, as_json):
+    """Verify PAYLOAD (magic, version, every checksum) and show its header and sections."""
+    import attrs as _attrs
+
+    from kvcodec import api
+
+    info = api.inspect(_read_payload(payload))
+    if as_json:
+        click.echo(json.dumps(_attrs.asdict(info), indent=2))
+        return
+    console = Console()
+    console.print(
+        f"kvcodec payload v{info.version}: {info.total_bytes:,} bytes, header {info.header_bytes} bytes, "
+        f"batch {info.batch}, {len(info.layers)} layers, {info.elements:,} KV elements, "
+        f"{8 * info.total_bytes / max(info.elements, 1):.3f} bits per element; checksums OK"
+    )
+    if info.cache_stages:
+        console.print("cache stages: " + " ".join(info.cache_stages))
+    table = Table()
+    for col in ("layer", "type", "kv_heads", "tokens", "seen", "head_dim", "dtype", "keys", "values", "bytes"):
+        table.add_column(col)
+    for l in info.layers:
+        table.add_row(str(l.index), l.layer_type.replace("_attention", ""), str(l.kv_heads), str(l.seq_len),
+                      str(l.seen_tokens), str(l.head_dim), l.dtype, l.keys, l.values, f"{l.wire_bytes:,}")
+    console.print(table)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="print as JSON")
+def plugins(as_json):
+    """List the installed codecs: name, family, accepts → produces, and the distribution providing it."""
+    from kvcodec.plugins import get_registry
+
+    reg = get_registry()
+    rows = [
+        {
+            "name": info.name,
+            "family": info.family,
+            "accepts": info.cls.accepts.value,
+            "produces": info.cls.produces.value,
+            "params": ", ".join(f"{k}: {t.__name__}" for k, t in info.cls.param_types().items()),
+            "provider": info.provider,
+        }
+        for info in (reg.codecs[n] for n in reg.names())
+    ]
+    if as_json:
+        click.echo(json.dumps({"codecs": rows, "plugins": list(reg.loaded), "failed": list(reg.failed)}, indent=2))
+        return
+    table = Table(title="kvcodec codecs")
+    for col in ("name", "family", "accepts → produces", "parameters", "provided by"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["family"], f"{r['accepts']} → {r['produces']}", r["params"], r["provider"])
+    Console().print(table)
+    if reg.failed:
+        err_console.print("failed to load: " + ", ".join(reg.failed))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning every user error into one line and an exit status."""
+    try:
+        cli.main(args=argv, prog_name="kvcodec", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err_console.print("kvcodec: aborted")
+        sys.exit(130)
+    except click.UsageError as exc:
+        click.echo(f"kvcodec: error: {exc.format_message()}", err=True)
+        sys.exit(2)
+    except (SpecError, CodecError) as exc:
+        click.echo(f"kvcodec: error: {exc}", err=True)
+        sys.exit(2)
+    except (DecodeError, ModelError, KVCodecError) as exc:
+        click.echo(f"kvcodec: error: {exc}", err=True)
+        sys.exit(1)
