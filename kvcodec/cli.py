@@ -114,8 +114,14 @@ def simulate(bandwidth, latency, mtu, header_bytes, model, context_file, questio
     _print_report(report)
 
 
-def _print_report(report) -> None:
+def _wide_console() -> Console:
+    """A console for tables: the terminal's width, or 160 columns when output is not a terminal."""
     console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
+def _print_report(report) -> None:
+    console = _wide_console()
     link = report.link
     title = (
         f"{report.model} · {report.context_tokens} context tokens · {report.dtype} on {report.device} · "
@@ -243,7 +249,7 @@ def inspect(payload, as_json):
     if as_json:
         click.echo(json.dumps(_attrs.asdict(info), indent=2))
         return
-    console = Console()
+    console = _wide_console()
     console.print(
         f"kvcodec payload v{info.version}: {info.total_bytes:,} bytes, header {info.header_bytes} bytes, "
         f"batch {info.batch}, {len(info.layers)} layers, {info.elements:,} KV elements, "
@@ -286,7 +292,7 @@ def plugins(as_json):
         table.add_column(col)
     for r in rows:
         table.add_row(r["name"], r["family"], f"{r['accepts']} → {r['produces']}", r["params"], r["provider"])
-    Console().print(table)
+    _wide_console().print(table)
     if reg.failed:
         err_console.print("failed to load: " + ", ".join(reg.failed))
 

