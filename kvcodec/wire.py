@@ -27,7 +27,7 @@ from kvcodec import bitpack
 from kvcodec.cache import FULL_ATTENTION, SLIDING_ATTENTION
 from kvcodec.chain import Chain
 from kvcodec.codec import CacheStage, Codes, Form, Side, Stage
-from kvcodec.errors import DecodeError
+from kvcodec.errors import CodecError, DecodeError
 
 MAGIC = b"KVCD"
 MAJOR, MINOR = 1, 0
@@ -155,6 +155,8 @@ class _Writer:
     def dims(self, shape) -> None:
         if len(shape) > MAX_NDIM:
             raise ValueError(f"arrays of more than {MAX_NDIM} dimensions cannot be sent")
+        if any(d > MAX_DIM for d in shape) or math.prod(max(d, 1) for d in shape) > MAX_ELEMENTS:
+            raise ValueError(f"an array of shape {tuple(shape)} exceeds the wire format's size limits")
         self.u8(len(shape))
         for d in shape:
             self.u32(d)
@@ -211,12 +213,39 @@ class _Writer:
             self.buf += bytes(enc.data)
 
 
+def _check_limits(payload: Payload) -> None:
+    """A writer MUST NOT produce what a reader rejects (wire-format.md §7)."""
+
+    def within(what: str, value: int, lo: int, hi: int) -> None:
+        if not lo <= value <= hi:
+            raise CodecError(f"cannot be sent in wire format v1: {what} = {value} is outside {lo}..{hi}")
+
+    within("batch", payload.batch, 1, MAX_BATCH)
+    within("layer count", len(payload.layers), 1, MAX_LAYERS)
+    within("cache stages", len(payload.cache_stages), 0, MAX_STAGES)
+    within("chain count", len(payload.chains), 1, 2 * len(payload.layers))
+    for chain in payload.chains:
+        within("chain length", len(chain.stages), 1, MAX_STAGES)
+    for i, layer in enumerate(payload.layers):
+        within(f"layer {i} seen tokens", layer.seen_tokens, 1, MAX_SEQ)
+        within(f"layer {i} seq_len", layer.seq_len, 1, layer.seen_tokens)
+        within(f"layer {i} kv_heads", layer.kv_heads, 1, MAX_HEADS)
+        within(f"layer {i} head_dim of keys", layer.head_dim_k, 1, MAX_HEAD_DIM)
+        within(f"layer {i} head_dim of values", layer.head_dim_v, 1, MAX_HEAD_DIM)
+        if layer.layer_type == SLIDING_ATTENTION:
+            within(f"layer {i} sliding window", layer.sliding_window or 0, 1, MAX_SEQ)
+            within(f"layer {i} seq_len", layer.seq_len, 1, layer.sliding_window)
+
+
 def dump(payload: Payload) -> bytes:
     """Serialize a :class:`Payload` to wire format v1 bytes.
 
     Raises:
-        ValueError: if something does not fit the format (string or array limits).
+        ValueError: if something does not fit the format (string or array limits);
+            :class:`~kvcodec.errors.CodecError` (a ValueError) for a layer or cache
+            beyond the limits of wire-format.md §7.
     """
+    _check_limits(payload)
     h = _Writer()
     h.u32(payload.batch)
     h.u16(len(payload.layers))

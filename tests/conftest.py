@@ -7,13 +7,13 @@ token-selected layers with explicit positions). Tensors stay small so the whole 
 in well under two minutes on a 2-core CPU.
 
 Hypothesis profiles: ``default`` (no deadline: CPU timing on shared runners is noisy) and
-``thorough`` (10× the examples), picked with ``HYPOTHESIS_PROFILE=thorough``.
+``thorough`` (1000 examples for tests that do not set their own count), picked with
+``HYPOTHESIS_PROFILE=thorough``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import signal
 import struct
@@ -25,7 +25,7 @@ import torch
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from kvcodec.cache import FULL_ATTENTION, SLIDING_ATTENTION, KVCache, LayerKV
+from kvcodec.cache import SLIDING_ATTENTION, KVCache, LayerKV
 
 settings.register_profile(
     "default",
@@ -251,6 +251,12 @@ def dtype_eps(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps
 
 
+def subnormal_step(dtype: torch.dtype) -> float:
+    """Absolute spacing of ``dtype`` below its smallest normal (where rounding stops being relative)."""
+    f = torch.finfo(dtype)
+    return f.smallest_normal * f.eps
+
+
 def expand_stats(stat: torch.Tensor, shape: tuple[int, ...], axis: str, group: int) -> torch.Tensor:
     """Broadcast per-group side information back to ``[B,H,T,D]`` elements, independently of
     the codec's own grouping code.
@@ -328,28 +334,3 @@ def fresh_registry():
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
-
-__all__ = [
-    "DTYPES",
-    "HEAD_DIMS",
-    "INT_WIDTHS",
-    "FP16_MAX",
-    "FULL_ATTENTION",
-    "SLIDING_ATTENTION",
-    "realistic_values",
-    "make_layer",
-    "make_cache",
-    "kv_caches",
-    "int_stage",
-    "quantizer_specs",
-    "chain_specs",
-    "pipeline_specs",
-    "assert_same_structure",
-    "dtype_eps",
-    "expand_stats",
-    "time_limit",
-    "split_payload",
-    "join_payload",
-    "ceil_div",
-    "math",
-]

@@ -29,6 +29,7 @@ from conftest import (
     expand_stats,
     kv_caches,
     make_cache,
+    subnormal_step,
     time_limit,
 )
 from hypothesis import assume, given, settings
@@ -139,6 +140,7 @@ def check_int_bound(original: torch.Tensor, decoded: torch.Tensor, side: dict, b
     s = expand_stats(side["scale"], shape, axis, group).double()
     z = expand_stats(side["zero"], shape, axis, group).double().abs() if not sym else torch.zeros_like(s)
     tol = s / 2 * (1 + 1e-4) + 2 * EPS32 * (x.abs() + z) + (x.abs() + s) * dtype_eps(original.dtype)
+    tol = tol + subnormal_step(original.dtype)  # casting to fp16/bf16 is absolute below their smallest normal
     err = (xh - x).abs()
     bad = err > tol
     assert not bool(bad.any()), (
@@ -418,18 +420,22 @@ def test_int8_matches_torch_per_channel_quantization(axis, sym, seed, scale):
     zps = torch.full_like(s, zp, dtype=torch.int32)
     fake = torch.fake_quantize_per_channel_affine(inp, s, zps, 0, 0, qmax)
     ref = torch.round(fake.double() / s.double()[:, None]).long() + zp  # fake = (q − zp)·s
-    if hasattr(torch, "quantize_per_channel"):  # deprecated in recent torch; same codes
+    refs = [ref]
+    if hasattr(torch, "quantize_per_channel"):  # deprecated in recent torch
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            q = torch.quantize_per_channel(inp, s.double(), zps.long(), 0, torch.quint8)
-        assert torch.equal(q.int_repr().long(), ref)
+            refs.append(torch.quantize_per_channel(inp, s.double(), zps.long(), 0, torch.quint8).int_repr().long())
+    ratio_all = inp.double() / s.double()[:, None]
+    for r in refs:
+        diff = (r - codes).abs()
+        assert int(diff.max()) <= 1
+        if bool(diff.any()):
+            # torch multiplies by 1/scale (in float or double), the codec divides in float32:
+            # they may differ only on a near-tie, and rarely
+            ratio = ratio_all[diff > 0]
+            assert bool(((ratio - ratio.floor() - 0.5).abs() < 1e-4).all())
+            assert float((diff > 0).double().mean()) < 1e-2
     diff = (ref - codes).abs()
-    assert int(diff.max()) <= 1
-    if bool(diff.any()):
-        # torch multiplies by 1/scale, the codec divides: they may differ only on a near-tie
-        ratio = (inp.double() / s.double()[:, None])[diff > 0]
-        assert bool(((ratio - ratio.floor() - 0.5).abs() < 1e-4).all())
-        assert float((diff > 0).double().mean()) < 1e-2
     # the dequantized values: torch's fake quantization is the codec's decode where codes agree
     dec = _rows(kvcodec.decode(wire.dump(payload))[0].keys, axis)
     if not sym:

@@ -154,6 +154,6 @@ def test_gemma_sliding_layers_survive_the_wire(gemma):
     from kvcodec.simulate import relative_error
 
     int8 = kvcodec.decode(kvcodec.encode(cache, "int8"))
-    assert relative_error(cache, int8) < 0.01
+    assert relative_error(cache, int8) < 0.05
     first8 = greedy(gemma.model, gemma.tokenizer, int8, parts.question_ids, max_new_tokens=1)
     assert first8.token_ids == reference.token_ids[:1]

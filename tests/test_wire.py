@@ -592,3 +592,39 @@ def test_crc_is_plain_zlib_crc32():
     header_len = struct.unpack_from("<I", data, 8)[0]
     end = 12 + header_len
     assert struct.unpack_from("<I", data, end)[0] == zlib.crc32(data[:end])
+
+
+# ----------------------------------------------------------------------------- writer limits
+def _layer(b=1, h=1, t=2, d=4, dv=None, seen=None, **kw):
+    k = torch.zeros(b, h, t, d)
+    v = torch.zeros(b, h, t, d if dv is None else dv)
+    return LayerKV.contiguous(k, v, seen, **kw)
+
+
+@pytest.mark.parametrize(
+    ("layer", "words"),
+    [
+        (lambda: _layer(seen=(1 << 24) + 1), "seen tokens = 16777217 is outside 1..16777216"),
+        (lambda: _layer(h=1025), "kv_heads = 1025 is outside 1..1024"),
+        (lambda: _layer(t=0, seen=5), "seq_len = 0 is outside 1..5"),
+        (lambda: _layer(d=65536), "head_dim of keys = 65536 is outside 1..65535"),
+        (lambda: _layer(dv=65536), "head_dim of values = 65536"),
+        (lambda: _layer(b=65537, d=1), "batch = 65537 is outside 1..65536"),
+        (lambda: _layer(t=3, seen=9, layer_type="sliding_attention", sliding_window=2), "seq_len = 3 is outside 1..2"),
+    ],
+)
+def test_writer_refuses_what_a_reader_rejects(layer, words):
+    """wire-format §7: a writer MUST NOT produce a payload beyond the reader's limits."""
+    with pytest.raises(kvcodec.CodecError, match="cannot be sent in wire format v1") as info:
+        kvcodec.encode(KVCache([layer()]), "identity")
+    assert words in str(info.value)
+
+
+def test_writer_accepts_the_limits_themselves():
+    for layer in (_layer(seen=1 << 24), _layer(h=1024, d=1), _layer(b=65536, d=1, t=1)):
+        cache = KVCache([layer])
+        assert_same_structure(cache, kvcodec.decode(kvcodec.encode(cache, "int2")))
+    cache = KVCache([_layer(t=1) for _ in range(4096)])
+    assert kvcodec.inspect(kvcodec.encode(cache, "identity")).layers[-1].index == 4095
+    with pytest.raises(kvcodec.CodecError, match="layer count = 4097"):
+        kvcodec.encode(KVCache([_layer(t=1) for _ in range(4097)]), "identity")
