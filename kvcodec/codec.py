@@ -108,6 +108,20 @@ class Stage:
             types[field.name] = field.type
         return types
 
+    @classmethod
+    def from_params(cls, params: dict[str, Any], version: int) -> "Stage":
+        """Build the stage from parameters read off the wire, written by version
+        ``version`` (≤ ``cls.version``) of this codec.
+
+        The default suits codecs whose changes are all backward compatible (new
+        parameters default to the old behaviour). A codec whose side information changed
+        overrides this and returns a stage that decodes the older layout.
+
+        Raises:
+            ValueError or TypeError: for parameters the codec rejects.
+        """
+        return cls(**params)
+
     def params(self) -> dict[str, Any]:
         """This stage's parameters, name → value, in declaration order."""
         return {name: getattr(self, name) for name in self.param_types()}

@@ -126,7 +126,10 @@ def build_registry() -> Registry:
                     f"codec name {name!r} is registered twice: by {other.plugin} ({other.provider})"
                     f" and by {_plugin} ({_provider})"
                 )
-            cls.param_types()  # fail early on unsupported parameter types
+            try:
+                cls.param_types()  # fail early on unsupported parameter types
+            except TypeError as exc:
+                raise PluginError(f"plugin {_plugin} ({_provider}) registered {name!r}: {exc}") from None
             codecs[name] = CodecInfo(cls, _provider, _plugin)
 
         impl.function(register=register)

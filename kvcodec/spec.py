@@ -26,9 +26,9 @@ from kvcodec.pipeline import Pipeline, Rule
 from kvcodec.plugins import Registry, get_registry
 
 _NAME = re.compile(r"[a-z_][a-z0-9_]*\Z")
-_SHORTHAND = re.compile(r"([a-z_][a-z0-9_]*?)(\d{1,6})\Z")  # bounded: int() of a huge digit run raises
+_SHORTHAND = re.compile(r"([a-z_][a-z0-9_]*?)([0-9]{1,6})\Z")  # bounded: int() of a huge digit run raises
 _TARGET = re.compile(r"(?:(kv|k|v)|L([0-9,\-]+)(?:\.(k|v))?)\Z")
-_SPAN = re.compile(r"(\d{1,6})(?:-(\d{1,6}))?\Z")
+_SPAN = re.compile(r"([0-9]{1,6})(?:-([0-9]{1,6}))?\Z")
 MAX_LAYER = 4095
 
 
@@ -59,7 +59,7 @@ def convert(value: str, typ: type) -> Any:
             return False
         raise ValueError(f"expected true or false, got {value!r}")
     if typ is int:
-        if not re.fullmatch(r"-?\d+", value):
+        if not re.fullmatch(r"-?[0-9]+", value):
             raise ValueError(f"expected an integer, got {value!r}")
         return int(value)
     if typ is float:

@@ -342,8 +342,6 @@ class _Reader:
 
 
 def _read_stage(r: _Reader, registry, cache_stage: bool) -> Stage:
-    from kvcodec.spec import build_stage
-
     name = r.str8("codec name")
     version = r.u16("codec version")
     count = r.u8("parameter count")
@@ -386,9 +384,10 @@ def _read_stage(r: _Reader, registry, cache_stage: bool) -> Stage:
         if type(value) is not want:
             raise DecodeError(f"header: parameter {name}.{key} must be {want.__name__}, got {type(value).__name__}")
     try:
-        return build_stage(cls, params)
-    except ValueError as exc:
-        raise DecodeError(f"header: invalid parameters for codec {name!r}: {exc}") from None
+        return cls.from_params(params, version)
+    except (TypeError, ValueError) as exc:
+        message = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+        raise DecodeError(f"header: invalid parameters for codec {name!r}: {message}") from None
 
 
 @attrs.frozen

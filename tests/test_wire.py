@@ -419,6 +419,35 @@ def test_newer_codec_version():
     assert "version 9 is newer than the installed version 1" in str(exc)
 
 
+def test_older_codec_version_is_handed_to_the_codec():
+    """A codec at version 2 gets the payload's version 1 through from_params and may pick
+    a decoder for the older layout."""
+    import attrs
+
+    from kvcodec.codec import TensorStage
+    from kvcodec.plugins import CodecInfo, Registry
+
+    seen = []
+
+    @attrs.frozen
+    class FP16v2(TensorStage):
+        name, family, version = "fp16", "cast", 2
+        accepts = produces = kvcodec.Form.FLOAT
+
+        @classmethod
+        def from_params(cls, params, version):
+            seen.append(version)
+            return cls(**params)
+
+        def decode(self, y, side):
+            return y
+
+    full = get_registry()
+    reg = Registry({**full.codecs, "fp16": CodecInfo(FP16v2, "test", "test")}, full.loaded, full.failed)
+    cache = kvcodec.decode(sample("fp16"), registry=reg)
+    assert seen == [1] and cache.num_layers > 0
+
+
 def test_invalid_stage_parameters_in_header():
     data = sample("int4")
     _, header, _ = split_payload(data)
