@@ -183,6 +183,31 @@ class KVCache:
             )
         )
 
+    @classmethod
+    def stack(cls, caches: "list[KVCache]") -> "KVCache":
+        """Concatenate caches of identical geometry along the batch dimension (to run several
+        decoded caches through the model as one batch).
+
+        Raises:
+            ValueError: if the caches differ in layer count, shapes, positions or layer types.
+        """
+        if len(caches) == 1:
+            return caches[0]
+        first = caches[0]
+        for c in caches[1:]:
+            if c.num_layers != first.num_layers or any(
+                (a.keys.shape[1:], a.values.shape[1:], a.seen_tokens, a.layer_type, a.sliding_window)
+                != (b.keys.shape[1:], b.values.shape[1:], b.seen_tokens, b.layer_type, b.sliding_window)
+                or not torch.equal(a.positions, b.positions)
+                for a, b in zip(first, c)
+            ):
+                raise ValueError("caches of different geometry cannot be stacked into one batch")
+        return first.map(
+            lambda i, layer: layer.replace(
+                keys=torch.cat([c[i].keys for c in caches]), values=torch.cat([c[i].values for c in caches])
+            )
+        )
+
     # ------------------------------------------------------------------ transformers
     @classmethod
     def from_dynamic_cache(cls, cache) -> "KVCache":

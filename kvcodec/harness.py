@@ -1,0 +1,166 @@
+"""The evaluation protocol (``specs/evaluation.md``): what each pipeline costs in answer quality.
+
+For every sample:
+
+1. the sender prefills the task's **context** once and gets its KV cache;
+2. for every pipeline the cache really goes through the codec chain: encode → bytes →
+   decode (``bytes`` in a record is ``len()`` of that payload);
+3. the receiver appends the **query** to each decoded cache — all pipelines of a sample
+   plus the uncoded full-precision cache (the ``"full"`` baseline) run as one batch —
+   and decodes greedily (or reads the choice letters' logits for multiple choice);
+4. the teacher-forced mean NLL of the first gold answer is measured on the same caches;
+5. one record per (sample, pipeline) is appended to the results file.
+
+The baseline is computed once per sample and shared by all pipelines; a rerun skips every
+record already in the results file.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+import attrs
+
+from kvcodec import api
+from kvcodec.cache import KVCache
+from kvcodec.generate import answer_nll, choice_logits, greedy_batch, prefill
+from kvcodec.pipeline import Pipeline
+from kvcodec.prompts import task_prompt
+from kvcodec.results import FULL, ResultsFile, provenance, record_key
+from kvcodec.scoring import normalize_answer
+
+LETTERS = "ABCDEFGHIJ"
+
+
+@attrs.frozen
+class Settings:
+    """How a run generates: ``max_new_tokens`` per answer, ``batch_size`` caches per forward
+    pass, and the sampling ``seed`` of the task."""
+
+    max_new_tokens: int = 32
+    batch_size: int = 16
+    seed: int = 0
+
+
+@attrs.frozen
+class RunStats:
+    samples: int  # samples that needed work
+    results: int  # (sample, pipeline) records written, baselines included
+    skipped: int  # records already in the results file
+    seconds: float
+
+    @property
+    def results_per_second(self) -> float:
+        return self.results / self.seconds if self.seconds else 0.0
+
+
+def _predict(lm, task, caches: list[KVCache], prompt, letters: str, settings: Settings) -> list[tuple[str, float | None]]:
+    """(prediction, answer NLL) for every cache, running them through the model as batches."""
+    out: list[tuple[str, float | None]] = []
+    for i in range(0, len(caches), settings.batch_size):
+        chunk = caches[i : i + settings.batch_size]
+        try:
+            batches = [KVCache.stack(chunk)]
+        except ValueError:  # different geometries (token selection): one at a time
+            batches = chunk
+        for batch in batches:
+            if task.kind == "choice":
+                logits = choice_logits(lm.model, lm.tokenizer, batch, prompt.question_ids, letters)
+                preds = [letters[int(row.argmax())] for row in logits]
+            else:
+                gens = greedy_batch(lm.model, lm.tokenizer, batch, prompt.question_ids, max_new_tokens=settings.max_new_tokens)
+                preds = [g.text for g in gens]
+            if prompt.answer_ids:
+                nlls = answer_nll(lm.model, batch, prompt.question_ids, prompt.answer_ids).tolist()
+            else:
+                nlls = [None] * len(preds)
+            out.extend(zip(preds, nlls))
+    return out
+
+
+def _same(task, a: str, b: str) -> bool:
+    return a == b if task.kind == "choice" else normalize_answer(a) == normalize_answer(b)
+
+
+def evaluate(
+    lm,
+    task,
+    samples: Sequence,
+    pipelines: Sequence[Pipeline],
+    results: ResultsFile,
+    *,
+    task_options: dict | None = None,
+    settings: Settings = Settings(),
+    on_sample: Callable[[int, int], None] | None = None,
+) -> RunStats:
+    """Run the protocol on ``samples`` for ``pipelines`` and append records to ``results``.
+
+    ``on_sample(done_results, total_new_results)`` is called after each sample (progress).
+    """
+    task_options = dict(task_options or {})
+    prov = provenance(lm, settings.seed)
+    dtype = prov["dtype"]
+    names = [p.describe() for p in pipelines]
+    base = {
+        "model": lm.name,
+        "model_sha256": lm.sha256,
+        "dtype": dtype,
+        "task": task.name,
+        "task_options": task_options,
+        "max_new_tokens": settings.max_new_tokens if task.kind != "choice" else None,
+    }
+    started = time.perf_counter()
+    written = skipped = worked = 0
+    for sample in samples:
+        key = lambda pipeline: record_key({**base, "sample_id": sample.id, "pipeline": pipeline})  # noqa: E731
+        todo = [(n, p) for n, p in zip(names, pipelines) if results.get(key(n)) is None]
+        skipped += len(pipelines) - len(todo)
+        full_record = results.get(key(FULL))
+        if not todo and full_record is not None:
+            skipped += 1
+            continue
+        worked += 1
+        prompt = task_prompt(lm.tokenizer, task, sample, chat=lm.chat)
+        cache = prefill(lm.model, prompt.context_ids)
+        elements = cache.num_elements
+        fp16_bytes = len(api.encode(cache, "fp16"))
+        rows: list[tuple[str, KVCache, int]] = []
+        if full_record is None:
+            rows.append((FULL, cache, len(api.encode(cache, "identity"))))
+        for name, pipeline in todo:
+            payload = api.encode(cache, pipeline)
+            rows.append((name, api.decode(payload, device=cache.device), len(payload)))
+        letters = LETTERS[: len(sample.choices)]
+        outcomes = _predict(lm, task, [r[1] for r in rows], prompt, letters, settings)
+        if full_record is None:
+            full_pred, full_nll = outcomes[0]
+        else:
+            full_pred, full_nll = full_record["prediction"], full_record.get("nll")
+        new = []
+        for (name, _, nbytes), (pred, nll) in zip(rows, outcomes):
+            scores = task.score(pred, sample)
+            new.append(
+                {
+                    **base,
+                    "sample_id": sample.id,
+                    "pipeline": name,
+                    "prediction": pred,
+                    "scores": scores,
+                    "score": scores[task.primary_metric],
+                    "agree": _same(task, pred, full_pred),
+                    "nll": nll,
+                    "delta_nll": None if nll is None or full_nll is None else nll - full_nll,
+                    "bytes": nbytes,
+                    "fp16_bytes": fp16_bytes,
+                    "elements": elements,
+                    "bits_per_element": 8 * nbytes / elements,
+                    "context_tokens": len(prompt.context_ids),
+                    "provenance": prov,
+                }
+            )
+        results.append(new)
+        written += len(new)
+        if on_sample:
+            on_sample(written, len(new))
+    return RunStats(worked, written, skipped, time.perf_counter() - started)
