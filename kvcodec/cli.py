@@ -297,6 +297,205 @@ def plugins(as_json):
         err_console.print("failed to load: " + ", ".join(reg.failed))
 
 
+def _task_options(task, values: tuple[str, ...]) -> dict:
+    """``key=value`` task options, converted to the type of the task's default."""
+    from kvcodec.spec import convert
+
+    options = {}
+    for item in values:
+        key, eq, value = item.partition("=")
+        if not eq or key not in task.options:
+            known = ", ".join(f"{k}={v!r}" for k, v in task.options.items() if k != "count_tokens") or "none"
+            raise InputError(f"bad --option {item!r} for task {task.name}; its options: {known}")
+        default = task.options[key]
+        typ = type(default) if default is not None and not callable(default) else str
+        try:
+            options[key] = convert(value, typ)
+        except ValueError as exc:
+            raise InputError(f"--option {key}: {exc}") from None
+    return options
+
+
+def _summary_table(rows, title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for col in ("pipeline", "n", "score", "% of full [95% CI]", "agree", "ΔNLL", "bytes", "× FP16", "bits/elem"):
+        table.add_column(col, justify="left" if col == "pipeline" else "right")
+    for r in rows:
+        pct = "—" if r.percent != r.percent else f"{r.percent:.1f} [{r.low:.1f}, {r.high:.1f}]"
+        table.add_row(
+            r.pipeline, str(r.n), f"{r.score:.3f}", pct, f"{r.agreement:.2f}",
+            "—" if r.delta_nll is None else f"{r.delta_nll:+.3f}", f"{r.bytes:,.0f}", f"{r.ratio_fp16:.3f}",
+            f"{r.bits_per_element:.2f}",
+        )
+    return table
+
+
+def _run_eval(model, task_name, specs, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, device, dtype):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from kvcodec.harness import Settings, evaluate
+    from kvcodec.report import summarize
+    from kvcodec.results import FULL, ResultsFile, ResultsError
+    from kvcodec.tasks import get_task, resolve_data_dir
+
+    try:
+        task = get_task(task_name)
+        data = resolve_data_dir(data_dir)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    pipelines = _pipelines(tuple(specs))
+    opts = _task_options(task, tuple(options))
+    try:
+        results = ResultsFile(results_path)
+    except ResultsError as exc:
+        raise InputError(str(exc)) from None
+    lm = _load(model, device, dtype)
+    load_opts = dict(opts)
+    if task.name == "needle":
+        load_opts["count_tokens"] = lambda text: len(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
+    try:
+        samples = task.load(data, n=n, seed=seed, **load_opts)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    total = len(samples) * (len(pipelines) + 1)
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=err_console,
+    ) as progress:
+        bar = progress.add_task(f"{lm.name} · {task.name}", total=total, rate="")
+        started = [None]
+
+        def on_sample(done, new):
+            import time
+
+            started[0] = started[0] or time.perf_counter() - 1e-9
+            elapsed = time.perf_counter() - started[0]
+            progress.update(bar, advance=new, rate=f"{done / max(elapsed, 1e-9):.2f} results/s")
+
+        stats = evaluate(
+            lm, task, samples, pipelines, results, task_options=opts,
+            settings=Settings(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed), on_sample=on_sample,
+        )
+        progress.update(bar, completed=total)
+    err_console.print(
+        f"{stats.results} new results ({stats.skipped} already in {results_path}) in {stats.seconds:.1f} s: "
+        f"{stats.results_per_second:.2f} sample×pipeline results per second on {lm.device}"
+    )
+    wanted = {FULL} | {p.describe() for p in pipelines}
+    ids = {s.id for s in samples}
+    mine = [r for r in results.records if r["model_sha256"] == lm.sha256 and r["task"] == task.name
+            and r["sample_id"] in ids and r["pipeline"] in wanted and r.get("task_options", {}) == opts
+            and r["dtype"] == str(lm.dtype).replace("torch.", "")]
+    _wide_console().print(_summary_table(summarize(mine), f"{lm.name} · {task.name} {opts or ''} · n={len(samples)}"))
+
+
+eval_options = [
+    model_option,
+    click.option("--task", required=True, help="squad, hotpotqa, triviaqa, mmlu or needle"),
+    click.option("-n", "n", type=click.IntRange(min=1), default=50, show_default=True, help="number of samples"),
+    click.option("--seed", type=int, default=0, show_default=True, help="sampling seed of the task"),
+    click.option("--data-dir", default=None, help="data folder (default: $KVCODEC_DATA_DIR)"),
+    click.option("--results", "results_path", default="results.jsonl", show_default=True, help="JSON-lines results file (appended, resumed)"),
+    click.option("--option", "options", multiple=True, help="task option key=value (e.g. length=2048 for needle)"),
+    click.option("--max-new-tokens", type=click.IntRange(1, 512), default=32, show_default=True),
+    click.option("--batch-size", type=click.IntRange(1, 256), default=16, show_default=True, help="caches per forward pass"),
+    device_option,
+    dtype_option,
+]
+
+
+def _with(options):
+    def wrap(fn):
+        for opt in reversed(options):
+            fn = opt(fn)
+        return fn
+
+    return wrap
+
+
+@cli.command(name="eval")
+@click.option("--pipeline", "pipelines", multiple=True, help="pipeline spec (repeatable)")
+@click.option("--pipeline-file", type=click.Path(dir_okay=False), default=None, help="file with one spec per line (# comments)")
+@_with(eval_options)
+def eval_command(pipelines, pipeline_file, model, task, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, device, dtype):
+    """Measure answer quality against transmitted bytes: each pipeline's real payload, decoded,
+    answers the task's questions; the table gives % of full with a 95 % paired bootstrap CI."""
+    specs = list(pipelines)
+    if pipeline_file:
+        specs += [l.split("#", 1)[0].strip() for l in _text_file(pipeline_file).splitlines()]
+        specs = [s for s in specs if s]
+    if not specs:
+        raise InputError("give at least one --pipeline or a --pipeline-file")
+    _run_eval(model, task, specs, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, device, dtype)
+
+
+def sweep_specs(bits, axes, targets, protect, layerwise: int | None) -> list[str]:
+    """The grid of pipeline specs a sweep evaluates (see ``kvcodec sweep --help``)."""
+    specs = []
+    for b in bits:
+        for axis in axes:
+            stage = f"int{b}" + (":axis=channel" if axis == "channel" else "")
+            for target in targets:
+                base = {"kv": stage, "k": f"k={stage} v=identity", "v": f"k=identity v={stage}"}[target]
+                for layers in protect:
+                    specs.append(base + (f" L{layers}=identity" if layers != "none" else ""))
+            if layerwise is not None:
+                specs += [f"identity L{i}={stage}" for i in range(layerwise)]
+    return list(dict.fromkeys(specs))
+
+
+def _int_list(text: str) -> list[int]:
+    out = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        if not lo.strip().isdigit() or (hi and not hi.strip().isdigit()):
+            raise InputError(f"expected numbers like 2,3,4 or 2-8, got {text!r}")
+        out += list(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+@cli.command()
+@click.option("--bits", default="2,3,4,5,6,8", show_default=True, help="widths: 2,3,4 or 2-8")
+@click.option("--axis", "axes", default="token,channel", show_default=True, help="token, channel or both")
+@click.option("--target", "targets", default="kv", show_default=True, help="kv (both), k (keys only), v (values only); comma list")
+@click.option("--protect", default="none", show_default=True, help="layers kept at full precision: none, 0, 0-1; comma list of choices separated by ';'")
+@click.option("--layerwise", type=click.IntRange(min=1), default=None, help="also one layer at a time quantized, the rest full precision (give the layer count)")
+@_with(eval_options)
+def sweep(bits, axes, targets, protect, layerwise, model, task, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, device, dtype):
+    """Evaluate a grid: bit widths × axes × keys/values × protected layers (× layer-wise)."""
+    axes_l = [a.strip() for a in axes.split(",")]
+    targets_l = [t.strip() for t in targets.split(",")]
+    if any(a not in ("token", "channel") for a in axes_l) or any(t not in ("kv", "k", "v") for t in targets_l):
+        raise InputError("--axis takes token,channel and --target takes kv,k,v")
+    specs = ["fp16"] + sweep_specs(_int_list(bits), axes_l, targets_l, [p.strip() for p in protect.split(";")], layerwise)
+    err_console.print(f"sweep: {len(specs)} pipelines")
+    _run_eval(model, task, specs, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, device, dtype)
+
+
+@cli.command()
+@click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--markdown", "md_path", default=None, type=click.Path(dir_okay=False), help="write the table here")
+@click.option("--plot", "png_path", default=None, type=click.Path(dir_okay=False), help="write the rate–accuracy PNG here")
+def report(results, md_path, png_path):
+    """Summarize results files: a markdown table and a rate–accuracy plot."""
+    from kvcodec.report import markdown, plot, summarize
+    from kvcodec.results import ResultsError, read_records
+
+    missing = [r for r in results if not Path(r).is_file()]
+    if missing:
+        raise InputError(f"no such results file: {missing[0]}")
+    try:
+        rows = summarize(read_records(results))
+    except ResultsError as exc:
+        raise InputError(str(exc)) from None
+    text = markdown(rows)
+    if md_path:
+        Path(md_path).write_text(text, encoding="utf-8")
+    if png_path:
+        plot(rows, png_path)
+    click.echo(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning every user error into one line and an exit status."""
     try:
