@@ -21,7 +21,6 @@ import time
 from typing import Callable, Sequence
 
 import attrs
-import torch
 
 from kvcodec import api
 from kvcodec.cache import KVCache
