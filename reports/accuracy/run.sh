@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Recompute this report's records, resumably: every command appends only the records that
+# its results file does not hold yet, so an interrupted run continues where it stopped.
+#   bash reports/accuracy/run.sh [squad|layerwise|needle|all]      (default: all)
+# Needs the data folder in --data-dir or $KVCODEC_DATA_DIR (see the README).
+set -euo pipefail
+R=reports/accuracy
+KV="${KVCODEC:-python -m kvcodec}"
+what="${1:-all}"
+if [[ $what == squad || $what == all ]]; then
+  for M in smollm2-135m gemma3-270m; do
+    $KV eval --model $M --task squad -n "${N:-200}" --pipeline-file $R/grid.txt --results $R/squad.jsonl
+  done
+fi
+if [[ $what == layerwise || $what == all ]]; then
+  $KV sweep --model smollm2-135m --task squad -n "${NL:-100}" --bits 4 --axis token --layerwise 30 --results $R/layerwise.jsonl
+  $KV sweep --model gemma3-270m --task squad -n "${NL:-100}" --bits 4 --axis token --layerwise 18 --results $R/layerwise.jsonl
+fi
+if [[ $what == needle || $what == all ]]; then
+  for M in smollm2-135m gemma3-270m; do
+    for LEN in 512 1024 2048 4096; do
+      $KV eval --model $M --task needle --option length=$LEN -n "${NN:-50}" --batch-size 4 \
+        --pipeline int8 --pipeline int4 --pipeline int4:axis=channel --results $R/needle.jsonl
+    done
+  done
+fi
