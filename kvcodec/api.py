@@ -200,4 +200,4 @@ def inspect(data: bytes | bytearray | memoryview, registry=None) -> PayloadInfo:
     )
     version = ".".join(map(str, payload.version))
     stages = tuple(s.describe() for s in payload.cache_stages)
-    return PayloadInfo(len(data), payload.header_bytes, version, payload.batch, stages, layers)
+    return PayloadInfo(memoryview(data).nbytes, payload.header_bytes, version, payload.batch, stages, layers)

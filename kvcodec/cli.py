@@ -11,7 +11,9 @@ that cannot be loaded gets one line and exit status 1.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -50,8 +52,22 @@ def _link(bandwidth: str, latency: str, mtu: str, header_bytes: str):
         raise InputError(str(exc).splitlines()[0]) from None
 
 
+def _check_model_args(model: str, device: str | None, dtype: str | None) -> None:
+    """Reject a bad --model, --device or --dtype before any expensive work (exit status 2)."""
+    from kvcodec.models import MODELS, resolve_device, resolve_dtype
+
+    if model not in MODELS and not Path(model).expanduser().is_file():
+        raise InputError(f"unknown model {model!r}; use {', '.join(sorted(MODELS))} or the path of a .gguf file")
+    try:
+        resolve_dtype(dtype, resolve_device(device))
+    except ModelError as exc:
+        raise InputError(str(exc)) from None
+
+
 def _load(model: str, device: str | None, dtype: str | None):
     from kvcodec.models import load_model
+
+    _check_model_args(model, device, dtype)
 
     with err_console.status(f"loading {model}…") as status:
         return load_model(model, device=device, dtype=dtype, progress=lambda msg: status.update(msg))
@@ -180,6 +196,11 @@ def encode(model, context_file, spec, output, device, dtype):
 
     (pipeline,) = _pipelines((spec,))
     context = _text_file(context_file, "default_context.txt")
+    if not context.strip():
+        raise InputError(f"context file {context_file} is empty")
+    target = Path(output)
+    if not target.parent.is_dir() or target.is_dir() or not target.name:
+        raise InputError(f"cannot write {output!r}: no such folder, or it is a folder")
     lm = _load(model, device, dtype)
     ids = split_prompt(lm.tokenizer, context, "", chat=lm.chat).context_ids
     cache = prefill(lm.model, ids)
@@ -187,7 +208,13 @@ def encode(model, context_file, spec, output, device, dtype):
         payload = api.encode(cache, pipeline)
     except CodecError as exc:
         raise InputError(str(exc)) from None
-    Path(output).write_bytes(payload)
+    tmp = target.with_name(f".{target.name}.partial")
+    try:  # write then rename, so a failed write never leaves a truncated payload behind
+        tmp.write_bytes(payload)
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"cannot write {output}: {exc.strerror}") from None
     err_console.print(
         f"wrote {output}: {len(payload):,} bytes for {len(ids)} tokens "
         f"({8 * len(payload) / cache.num_elements:.3f} bits per KV element, pipeline {pipeline})"
@@ -195,6 +222,8 @@ def encode(model, context_file, spec, output, device, dtype):
 
 
 def _read_payload(path: str) -> bytes:
+    if not Path(path).is_file():
+        raise InputError(f"cannot read {path}: not a regular file")
     try:
         return Path(path).read_bytes()
     except OSError as exc:
@@ -234,6 +263,12 @@ def _check_geometry(cache, lm) -> None:
         raise DecodeError(
             f"payload geometry (layers, kv_heads, head_dim) = {got} does not fit {lm.name} {(layers, heads, head_dim)}"
         )
+    if cache.batch_size != 1 or any(l.values.shape[-1] != head_dim for l in cache):
+        raise DecodeError(f"payload has batch {cache.batch_size} or a value head_dim other than {head_dim}; "
+                          f"{lm.name} takes batch 1 and head_dim {head_dim}")
+    types = list(getattr(cfg, "layer_types", None) or ["full_attention"] * layers)
+    if [l.layer_type for l in cache] != types:
+        raise DecodeError(f"payload layer types (full / sliding attention) do not match {lm.name}")
 
 
 @cli.command()
@@ -496,8 +531,13 @@ def report(results, md_path, png_path):
     click.echo(text)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    click.echo(f"kvcodec: warning: {message}", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning every user error into one line and an exit status."""
+    warnings.showwarning = _one_line_warning
     try:
         cli.main(args=argv, prog_name="kvcodec", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -371,9 +371,14 @@ def resolve_device(device: Any = None):
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError) as exc:
         raise ModelError(f"invalid device {device!r}: {exc}") from exc
+    if dev.type not in ("cpu", "cuda"):
+        raise ModelError(f"unsupported device {device!r}; use cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} asked for, but this torch has no usable CUDA device; use --device cpu")
+    return dev
 
 
 def resolve_dtype(dtype: Any, device) -> Any:
@@ -426,8 +431,8 @@ class LoadedModel:
 
 def _converted_dir(cache_dir, sha: str, dtype) -> Path:
     """Where the de-quantized copy of a GGUF file is kept: ``<cache>/converted/<sha[:16]>-<dtype>``."""
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return root.parent / "converted" / f"{sha[:16]}-{str(dtype).removeprefix('torch.')}"
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir().parent
+    return root / "converted" / f"{sha[:16]}-{str(dtype).removeprefix('torch.')}"
 
 
 def _save_converted(model, tokenizer, target: Path) -> None:
@@ -518,11 +523,18 @@ def load_model(
     folder, filename = str(path.parent), path.name
     converted = _converted_dir(cache_dir, sha, dt)
     try:
+        loaded = False
         if (converted / "config.json").is_file():
             _say(progress, f"loading {converted.name} ({dt} on {dev})…")
-            tokenizer = AutoTokenizer.from_pretrained(converted)
-            model = AutoModelForCausalLM.from_pretrained(converted, dtype=dt, attn_implementation=attn_implementation)
-        else:
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(converted)
+                model = AutoModelForCausalLM.from_pretrained(converted, dtype=dt, attn_implementation=attn_implementation)
+                loaded = True
+            except Exception:  # noqa: BLE001 - a damaged converted copy is rebuilt from the verified GGUF
+                import shutil
+
+                shutil.rmtree(converted, ignore_errors=True)
+        if not loaded:
             _say(progress, "loading tokenizer…")
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
             _say(progress, f"loading weights ({dt} on {dev})…")

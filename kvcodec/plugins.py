@@ -132,7 +132,19 @@ def build_registry() -> Registry:
                 raise PluginError(f"plugin {_plugin} ({_provider}) registered {name!r}: {exc}") from None
             codecs[name] = CodecInfo(cls, _provider, _plugin)
 
-        impl.function(register=register)
+        before = dict(codecs)
+        try:
+            impl.function(register=register)
+        except PluginError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a broken third-party hook must not disable kvcodec
+            codecs.clear()
+            codecs.update(before)  # drop whatever the broken plugin registered
+            label = f"{impl.plugin_name} ({provider})"
+            failed.append(label)
+            providers.pop(impl.plugin_name, None)
+            warnings.warn(f"kvcodec plugin {label} failed in register_codecs: {type(exc).__name__}: {exc}",
+                          PluginWarning, stacklevel=2)
     return Registry(codecs, tuple(sorted(providers)), tuple(failed))
 
 

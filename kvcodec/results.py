@@ -1,12 +1,13 @@
 """Per-sample evaluation records: a JSON-lines results file that runs append to and resume from.
 
-One line per (model, task, sample, pipeline). The full-precision baseline of a sample is
+One line per (model, task, sample, pipeline); a file named ``*.jsonl.gz`` is gzip-compressed. The full-precision baseline of a sample is
 the record whose pipeline is ``"full"``. A record's :func:`record_key` identifies it; a
 rerun skips every key already in the file. Records are plain JSON — never pickle.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import platform
 import subprocess
@@ -36,6 +37,13 @@ def record_key(record: dict[str, Any]) -> tuple:
     )
 
 
+def _open(path: Path, mode: str):
+    """Open a results file as text; a ``.gz`` name means gzip (appends add a gzip member)."""
+    if path.suffix == ".gz":
+        return gzip.open(path, mode + "t", encoding="utf-8")
+    return path.open(mode, encoding="utf-8")
+
+
 def read_records(paths: Iterable[str | Path]) -> Iterator[dict[str, Any]]:
     """Every record of every file, in order; a missing file yields nothing.
 
@@ -47,7 +55,7 @@ def read_records(paths: Iterable[str | Path]) -> Iterator[dict[str, Any]]:
         path = Path(path)
         if not path.exists():
             continue
-        with path.open(encoding="utf-8") as fh:
+        with _open(path, "r") as fh:
             for number, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
@@ -77,7 +85,7 @@ class ResultsFile:
         if not records:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as fh:
+        with _open(self.path, "a") as fh:
             for r in records:
                 fh.write(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n")
                 self.keys[record_key(r)] = r

@@ -59,8 +59,8 @@ def convert(value: str, typ: type) -> Any:
             return False
         raise ValueError(f"expected true or false, got {value!r}")
     if typ is int:
-        if not re.fullmatch(r"-?[0-9]+", value):
-            raise ValueError(f"expected an integer, got {value!r}")
+        if not re.fullmatch(r"-?[0-9]{1,19}", value) or not -(2**63) <= int(value) < 2**63:
+            raise ValueError(f"expected an integer that fits in 64 bits, got {value[:40]!r}")
         return int(value)
     if typ is float:
         try:

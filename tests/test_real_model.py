@@ -157,3 +157,18 @@ def test_gemma_sliding_layers_survive_the_wire(gemma):
     assert relative_error(cache, int8) < 0.05
     first8 = greedy(gemma.model, gemma.tokenizer, int8, parts.question_ids, max_new_tokens=1)
     assert first8.token_ids == reference.token_ids[:1]
+
+
+def test_cli_rejects_bad_arguments_before_loading_a_model(tmp_path):
+    from kvcodec import cli
+
+    for argv in (["encode", "--model", "nosuch", "-o", str(tmp_path / "x.kvc")],
+                 ["encode", "--device", "tpu", "-o", str(tmp_path / "x.kvc")],
+                 ["encode", "--dtype", "int8", "-o", str(tmp_path / "x.kvc")],
+                 ["encode", "-o", str(tmp_path / "no" / "such" / "x.kvc")],
+                 ["encode", "-o", str(tmp_path)],
+                 ["inspect", "/dev/zero"]):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(argv)
+        assert exc.value.code == 2, argv
+    assert not any(tmp_path.iterdir())

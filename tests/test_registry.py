@@ -232,3 +232,34 @@ def test_env_var_does_not_import_unselected_plugins(entry_points, monkeypatch):
         warnings.simplefilter("error")
         reg = build_registry()
     assert reg.failed == ()
+
+
+def test_a_plugin_whose_hook_raises_is_reported_and_skipped(monkeypatch):
+    """A third-party hook that raises must not disable kvcodec: the plugin is listed as
+    failed (with a PluginWarning naming it) and the built-in codecs still load."""
+    import types
+    import warnings
+
+    import kvcodec.plugins as plugins
+
+    broken = types.ModuleType("broken_plugin")
+
+    @kvcodec.hookimpl
+    def register_codecs(register):
+        raise RuntimeError("plugin bug inside hook")
+
+    broken.register_codecs = register_codecs
+    real = plugins.make_plugin_manager
+
+    def with_broken():
+        pm, providers, failed = real()
+        pm.register(broken, name="broken_plugin")
+        providers["broken_plugin"] = "broken-dist 0.1"
+        return pm, providers, failed
+
+    monkeypatch.setattr(plugins, "make_plugin_manager", with_broken)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reg = plugins.build_registry()
+    assert "int" in reg.codecs and any("broken_plugin" in f for f in reg.failed)
+    assert any("broken_plugin" in str(w.message) and "plugin bug inside hook" in str(w.message) for w in caught)

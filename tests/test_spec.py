@@ -203,3 +203,9 @@ def test_random_text_only_raises_spec_error(text):
         assert "\n" not in str(err)  # one line: the spec is quoted with repr()
         return
     assert Pipeline.parse(p.describe()) == p
+
+
+@pytest.mark.parametrize("spec", ["int4:axis=channel,group=99999999999999999999", "sign:group=9223372036854775808"])
+def test_integer_parameters_must_fit_64_bits(spec):
+    with pytest.raises(SpecError, match="64 bits"):
+        Pipeline.parse(spec)

@@ -10,18 +10,18 @@ KV="${KVCODEC:-python -m kvcodec}"
 what="${1:-all}"
 if [[ $what == squad || $what == all ]]; then
   for M in smollm2-135m gemma3-270m; do
-    $KV eval --model $M --task squad -n "${N:-200}" --pipeline-file $R/grid.txt --results $RES/squad.jsonl
+    $KV eval --model $M --task squad -n "${N:-200}" --pipeline-file $R/grid.txt --results $RES/squad.jsonl.gz
   done
 fi
 if [[ $what == layerwise || $what == all ]]; then
-  $KV sweep --model smollm2-135m --task squad -n "${NL:-100}" --bits 4 --axis token --layerwise 30 --results $RES/layerwise.jsonl
-  $KV sweep --model gemma3-270m --task squad -n "${NL:-100}" --bits 4 --axis token --layerwise 18 --results $RES/layerwise.jsonl
+  $KV sweep --model smollm2-135m --task squad -n "${NL:-100}" --bits 4 --axis token --layerwise 30 --results $RES/layerwise.jsonl.gz
+  $KV sweep --model gemma3-270m --task squad -n "${NL:-100}" --bits 4 --axis token --layerwise 18 --results $RES/layerwise.jsonl.gz
 fi
 if [[ $what == needle || $what == all ]]; then
   for M in smollm2-135m gemma3-270m; do
     for LEN in 512 1024 2048 4096; do
       $KV eval --model $M --task needle --option length=$LEN -n "${NN:-50}" --batch-size 4 \
-        --pipeline int8 --pipeline int4 --pipeline int4:axis=channel --results $RES/needle.jsonl
+        --pipeline int8 --pipeline int4 --pipeline int4:axis=channel --results $RES/needle.jsonl.gz
     done
   done
 fi
