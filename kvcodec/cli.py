@@ -73,6 +73,34 @@ def _load(model: str, device: str | None, dtype: str | None):
         return load_model(model, device=device, dtype=dtype, progress=lambda msg: status.update(msg))
 
 
+def _check_against_model(lm, pipelines, tokens: int | None = None) -> None:
+    """Reject pipelines that cannot fit this model (layer out of range, group size that does
+    not divide head_dim) and a --tokens beyond its context, right after loading it and
+    before any prefill: a one-token dummy cache of the model's geometry goes through each."""
+    import torch
+
+    from kvcodec import api
+    from kvcodec.cache import SLIDING_ATTENTION, KVCache, LayerKV
+
+    cfg = lm.model.config.get_text_config()
+    limit = getattr(cfg, "max_position_embeddings", None)
+    if tokens is not None and limit and tokens > limit:
+        raise InputError(f"--tokens {tokens} exceeds {lm.name}'s context of {limit} tokens")
+    heads = cfg.num_key_value_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    types = list(getattr(cfg, "layer_types", None) or ["full_attention"] * cfg.num_hidden_layers)
+    zeros = torch.zeros(1, heads, 1, head_dim)
+    dummy = KVCache(
+        LayerKV.contiguous(zeros, zeros, layer_type=t, sliding_window=cfg.sliding_window if t == SLIDING_ATTENTION else None)
+        for t in types
+    )
+    for pipeline in pipelines:
+        try:
+            api.encode(dummy, pipeline)
+        except CodecError as exc:
+            raise InputError(f"pipeline {pipeline.describe()!r} does not fit {lm.name}: {exc}") from None
+
+
 def _text_file(path: str | None, default_name: str | None = None) -> str:
     if path is None:
         return _read_default(default_name) if default_name else ""
@@ -122,6 +150,7 @@ def simulate(bandwidth, latency, mtu, header_bytes, model, context_file, questio
         raise InputError(f"context file {context_file} is empty")
     question = question or _read_default("default_question.txt")
     lm = _load(model, device, dtype)
+    _check_against_model(lm, parsed, tokens)
     with err_console.status("running…") as status:
         report = run(lm, context, question, parsed, link, tokens=tokens, max_new_tokens=max_new_tokens, on_step=status.update)
     if as_json:
@@ -202,6 +231,7 @@ def encode(model, context_file, spec, output, device, dtype):
     if not target.parent.is_dir() or target.is_dir() or not target.name:
         raise InputError(f"cannot write {output!r}: no such folder, or it is a folder")
     lm = _load(model, device, dtype)
+    _check_against_model(lm, [pipeline])
     ids = split_prompt(lm.tokenizer, context, "", chat=lm.chat).context_ids
     cache = prefill(lm.model, ids)
     try:
@@ -385,6 +415,7 @@ def _run_eval(model, task_name, specs, n, seed, data_dir, results_path, options,
     except ResultsError as exc:
         raise InputError(str(exc)) from None
     lm = _load(model, device, dtype)
+    _check_against_model(lm, pipelines)
     load_opts = dict(opts)
     if task.name == "needle":
         load_opts["count_tokens"] = lambda text: len(lm.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -172,3 +172,14 @@ def test_cli_rejects_bad_arguments_before_loading_a_model(tmp_path):
             cli.main(argv)
         assert exc.value.code == 2, argv
     assert not any(tmp_path.iterdir())
+
+
+def test_cli_rejects_pipelines_that_do_not_fit_the_model_before_prefill(smollm, monkeypatch):
+    from kvcodec import cli
+
+    monkeypatch.setattr(cli, "_load", lambda *a, **k: smollm)
+    for argv in (["simulate", "--pipeline", "int4:group=7"], ["simulate", "--pipeline", "L999=fp16 int4"],
+                 ["simulate", "--tokens", "100000"]):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(argv)
+        assert exc.value.code == 2, argv
