@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -429,13 +430,10 @@ def _run_eval(model, task_name, specs, n, seed, data_dir, results_path, options,
         TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=err_console,
     ) as progress:
         bar = progress.add_task(f"{lm.name} · {task.name}", total=total, rate="")
-        started = [None]
+        started = time.perf_counter()
 
         def on_sample(done, new):
-            import time
-
-            started[0] = started[0] or time.perf_counter() - 1e-9
-            elapsed = time.perf_counter() - started[0]
+            elapsed = time.perf_counter() - started
             progress.update(bar, advance=new, rate=f"{done / max(elapsed, 1e-9):.2f} results/s")
 
         stats = evaluate(
