@@ -84,6 +84,7 @@ class Stage:
       when they change. A reader rejects payloads written by a newer version.
     - ``accepts`` / ``produces``: :class:`Form` of input and output.
     - ``lossless``: ``decode(encode(x)) == x`` exactly.
+    - ``bits_in_name``: describe as ``NAME<bits>`` (needs a ``bits`` parameter).
 
     Parameters are the attrs fields; each must be ``bool``, ``int``, ``float`` or ``str``
     (they appear in spec strings and in the wire header) and have a default.
@@ -95,6 +96,9 @@ class Stage:
     accepts: ClassVar[Form]
     produces: ClassVar[Form]
     lossless: ClassVar[bool] = False
+    #: write ``bits`` into the name (``int4`` rather than ``int:bits=4``), the spec grammar's
+    #: NAME<bits> shorthand
+    bits_in_name: ClassVar[bool] = False
 
     @classmethod
     @functools.cache
@@ -129,8 +133,12 @@ class Stage:
     def describe(self) -> str:
         """The stage as spec-string text, showing only parameters that differ from defaults."""
         defaults = {f.name: f.default for f in attrs.fields(type(self))}
-        shown = [f"{k}={_fmt(v)}" for k, v in self.params().items() if v != defaults[k]]
-        return self.name + (":" + ",".join(shown) if shown else "")
+        params = self.params()
+        name = self.name
+        if self.bits_in_name:
+            name += str(params.pop("bits"))
+        shown = [f"{k}={_fmt(v)}" for k, v in params.items() if v != defaults[k]]
+        return name + (":" + ",".join(shown) if shown else "")
 
     def __str__(self) -> str:
         return self.describe()

@@ -49,6 +49,7 @@ DTYPE_CODES: dict[torch.dtype, int] = {
 CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
 CACHE_DTYPE_CODES = (1, 2, 3)
 LAYER_TYPE_CODES = {FULL_ATTENTION: 0, SLIDING_ATTENTION: 1}
+LAYER_TYPES_BY_CODE = {v: k for k, v in LAYER_TYPE_CODES.items()}
 FORM_CODES = {Form.FLOAT: 1, Form.CODES: 2, Form.BYTES: 3}
 POS_CONTIGUOUS, POS_SHARED, POS_PER_HEAD = 0, 1, 2
 
@@ -520,7 +521,7 @@ def _read_layer(r: _Reader, index: int, header: Header) -> EncodedLayer:
     if got != index:
         raise DecodeError(f"{r.where}: holds layer {got}, expected {index}")
     type_code = r.u8("layer type")
-    layer_type = {v: k for k, v in LAYER_TYPE_CODES.items()}.get(type_code)
+    layer_type = LAYER_TYPES_BY_CODE.get(type_code)
     if layer_type is None:
         raise DecodeError(f"{r.where}: unknown layer type code {type_code}")
     window = r.u32("sliding window")

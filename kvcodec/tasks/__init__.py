@@ -14,6 +14,7 @@ Tasks (:data:`TASKS`): ``squad``, ``hotpotqa``, ``triviaqa``, ``mmlu``, ``needle
 handling, templates and metrics: ``specs/tasks.md``.
 """
 
+from kvcodec.tasks import base
 from kvcodec.tasks.base import (
     DATA_DIR_ENV,
     TASKS,
@@ -31,16 +32,4 @@ from kvcodec.tasks.base import (
 # Importing a task module registers its task in TASKS.
 from kvcodec.tasks import squad, hotpotqa, triviaqa, mmlu, needle  # noqa: E402,F401  isort: skip
 
-__all__ = [
-    "DATA_DIR_ENV",
-    "TASKS",
-    "DataError",
-    "DataSource",
-    "Sample",
-    "Task",
-    "TaskError",
-    "UnknownTaskError",
-    "get_task",
-    "register",
-    "resolve_data_dir",
-]
+__all__ = [name for name in base.__all__ if name != "select"]

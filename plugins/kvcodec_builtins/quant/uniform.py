@@ -58,18 +58,12 @@ class UniformQuantizer(TensorStage):
     family = "quantizer"
     accepts = Form.FLOAT
     produces = Form.CODES
+    bits_in_name = True  # int4, not int:bits=4
 
     bits: int = attrs.field(default=8, validator=_bits_ok)
     axis: str = attrs.field(default="token", validator=attrs.validators.in_(AXES))
     group: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     sym: bool = False
-
-    def describe(self) -> str:
-        # int4 reads better than int:bits=4 (the spec grammar's NAME<bits> shorthand)
-        text = super().describe()
-        head, _, rest = text.partition(":")
-        params = [p for p in rest.split(",") if p and not p.startswith("bits=")]
-        return f"int{self.bits}" + (":" + ",".join(params) if params else "")
 
     @property
     def qmax(self) -> int:
