@@ -396,7 +396,7 @@ def _summary_table(rows, title: str) -> Table:
     return table
 
 
-def _run_eval(model, task_name, specs, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, device, dtype):
+def _run_eval(model, task_name, specs, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, workers, device, dtype):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from kvcodec.harness import Settings, evaluate
@@ -417,6 +417,8 @@ def _run_eval(model, task_name, specs, n, seed, data_dir, results_path, options,
         raise InputError(str(exc)) from None
     lm = _load(model, device, dtype)
     _check_against_model(lm, pipelines)
+    if workers is None:
+        workers = min(8, (os.cpu_count() or 1) - 1) if lm.device.type == "cuda" else 0
     load_opts = dict(opts)
     if task.name == "needle":
         load_opts["count_tokens"] = lambda text: len(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -438,12 +440,15 @@ def _run_eval(model, task_name, specs, n, seed, data_dir, results_path, options,
 
         stats = evaluate(
             lm, task, samples, pipelines, results, task_options=opts,
-            settings=Settings(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed), on_sample=on_sample,
+            settings=Settings(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, workers=workers),
+            on_sample=on_sample,
         )
         progress.update(bar, completed=total)
     err_console.print(
         f"{stats.results} new results ({stats.skipped} already in {results_path}) in {stats.seconds:.1f} s: "
         f"{stats.results_per_second:.2f} sample×pipeline results per second on {lm.device}"
+        f" (prefill {stats.prefill_seconds:.1f} s, waiting for codecs {stats.codec_seconds:.1f} s with {workers} workers,"
+        f" receiver {stats.receiver_seconds:.1f} s)"
     )
     wanted = {FULL} | {p.describe() for p in pipelines}
     ids = {s.id for s in samples}
@@ -462,7 +467,9 @@ eval_options = [
     click.option("--results", "results_path", default="results.jsonl", show_default=True, help="JSON-lines results file (appended, resumed)"),
     click.option("--option", "options", multiple=True, help="task option key=value (e.g. length=2048 for needle)"),
     click.option("--max-new-tokens", type=click.IntRange(1, 512), default=32, show_default=True),
-    click.option("--batch-size", type=click.IntRange(1, 256), default=16, show_default=True, help="caches per forward pass"),
+    click.option("--batch-size", type=click.IntRange(1, 256), default=32, show_default=True, help="caches per forward pass"),
+    click.option("--workers", type=click.IntRange(0, 64), default=None,
+                 help="processes running the codecs while the model decodes (default: 0 on CPU, up to 8 on CUDA)"),
     device_option,
     dtype_option,
 ]
@@ -481,7 +488,7 @@ def _with(options):
 @click.option("--pipeline", "pipelines", multiple=True, help="pipeline spec (repeatable)")
 @click.option("--pipeline-file", type=click.Path(dir_okay=False), default=None, help="file with one spec per line (# comments)")
 @_with(eval_options)
-def eval_command(pipelines, pipeline_file, model, task, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, device, dtype):
+def eval_command(pipelines, pipeline_file, model, task, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, workers, device, dtype):
     """Measure answer quality against transmitted bytes: each pipeline's real payload, decoded,
     answers the task's questions; the table gives % of full with a 95 % paired bootstrap CI."""
     specs = list(pipelines)
@@ -490,7 +497,7 @@ def eval_command(pipelines, pipeline_file, model, task, n, seed, data_dir, resul
         specs = [s for s in specs if s]
     if not specs:
         raise InputError("give at least one --pipeline or a --pipeline-file")
-    _run_eval(model, task, specs, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, device, dtype)
+    _run_eval(model, task, specs, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, workers, device, dtype)
 
 
 def sweep_specs(bits, axes, targets, protect, layerwise: int | None) -> list[str]:
@@ -525,7 +532,7 @@ def _int_list(text: str) -> list[int]:
 @click.option("--protect", default="none", show_default=True, help="layers kept at full precision: none, 0, 0-1; comma list of choices separated by ';'")
 @click.option("--layerwise", type=click.IntRange(min=1), default=None, help="also one layer at a time quantized, the rest full precision (give the layer count)")
 @_with(eval_options)
-def sweep(bits, axes, targets, protect, layerwise, model, task, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, device, dtype):
+def sweep(bits, axes, targets, protect, layerwise, model, task, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, workers, device, dtype):
     """Evaluate a grid: bit widths × axes × keys/values × protected layers (× layer-wise)."""
     axes_l = [a.strip() for a in axes.split(",")]
     targets_l = [t.strip() for t in targets.split(",")]
@@ -533,7 +540,7 @@ def sweep(bits, axes, targets, protect, layerwise, model, task, n, seed, data_di
         raise InputError("--axis takes token,channel and --target takes kv,k,v")
     specs = ["fp16"] + sweep_specs(_int_list(bits), axes_l, targets_l, [p.strip() for p in protect.split(";")], layerwise)
     err_console.print(f"sweep: {len(specs)} pipelines")
-    _run_eval(model, task, specs, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, device, dtype)
+    _run_eval(model, task, specs, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, workers, device, dtype)
 
 
 @cli.command()

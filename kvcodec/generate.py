@@ -47,37 +47,42 @@ def _start(cache: KVCache) -> int:
     return max(layer.seen_tokens for layer in cache)
 
 
+#: greedy_batch asks the device whether every row has finished only every this many steps:
+#: each question is a host–device synchronisation that stalls a launch-bound decoding loop
+CHECK_EVERY = 4
+
+
 @torch.inference_mode()
 def greedy_batch(model, tokenizer, cache: KVCache, input_ids: list[int], *, max_new_tokens: int = 32) -> list[Generation]:
     """Append ``input_ids`` to every row of ``cache`` (batch B) and decode greedily until each
     row emits EOS or ``max_new_tokens`` tokens; one :class:`Generation` per row.
 
     Positions continue from the cache's ``seen_tokens``, so rotary embeddings line up even
-    when the cache holds fewer tokens than it has seen.
+    when the cache holds fewer tokens than it has seen. Tokens stay on the device during the
+    loop; a row's answer is its tokens before its first EOS.
     """
     batch = cache.batch_size
-    ids = _ids(input_ids, model.device).expand(batch, -1)
-    eos = _eos_ids(model, tokenizer)
-    rows: list[list[int]] = [[] for _ in range(batch)]
-    done = [False] * batch
+    device = model.device
+    ids = _ids(input_ids, device).expand(batch, -1)
+    eos = torch.tensor(sorted(_eos_ids(model, tokenizer)), dtype=torch.long, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    steps: list[torch.Tensor] = []
     first = None
     pos, dyn = _start(cache), None
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         logits, dyn = _forward(model, cache, ids, pos, dyn)
         last = logits[:, -1].float()
         if first is None:
             first = last.cpu()
         pos += ids.shape[1]
-        tokens = last.argmax(-1).tolist()
-        for r, t in enumerate(tokens):
-            if not done[r]:
-                if t in eos:
-                    done[r] = True
-                else:
-                    rows[r].append(t)
-        if all(done):
+        tokens = last.argmax(-1)
+        finished = finished | torch.isin(tokens, eos)
+        steps.append(torch.where(finished, -1, tokens))  # -1: this row has finished
+        if (step + 1) % CHECK_EVERY == 0 and bool(finished.all()):
             break
-        ids = torch.tensor(tokens, device=model.device).unsqueeze(1)
+        ids = tokens.unsqueeze(1)
+    table = torch.stack(steps, 1).tolist()
+    rows = [row[: row.index(-1)] if -1 in row else row for row in table]
     return [
         Generation(r, tokenizer.decode(r, skip_special_tokens=True).strip(), first[i]) for i, r in enumerate(rows)
     ]

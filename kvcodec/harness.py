@@ -18,15 +18,16 @@ record already in the results file.
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Callable, Sequence
 
 import attrs
 
-from kvcodec import api
 from kvcodec.cache import KVCache
 from kvcodec.generate import answer_nll, choice_logits, greedy_batch, prefill
 from kvcodec.pipeline import Pipeline
 from kvcodec.prompts import task_prompt
+from kvcodec.roundtrip import RoundTripper
 from kvcodec.results import FULL, ResultsFile, provenance, record_key
 from kvcodec.scoring import normalize_answer
 
@@ -36,19 +37,26 @@ LETTERS = "ABCDEFGHIJ"
 @attrs.frozen
 class Settings:
     """How a run generates: ``max_new_tokens`` per answer, ``batch_size`` caches per forward
-    pass, and the sampling ``seed`` of the task."""
+    pass, the sampling ``seed`` of the task, and ``workers``: processes that run the
+    codecs (0: in this process; see :mod:`kvcodec.roundtrip`)."""
 
     max_new_tokens: int = 32
-    batch_size: int = 16
+    batch_size: int = 32
     seed: int = 0
+    workers: int = 0
 
 
 @attrs.frozen
 class RunStats:
+    """What a run did and where its time went (seconds of wall time in this process)."""
+
     samples: int  # samples that needed work
     results: int  # (sample, pipeline) records written, baselines included
     skipped: int  # records already in the results file
     seconds: float
+    prefill_seconds: float = 0.0  # sender: context prefills
+    codec_seconds: float = 0.0  # waiting for encode → bytes → decode (all of it when workers=0)
+    receiver_seconds: float = 0.0  # receiver: greedy decoding / choice logits and answer NLL
 
     @property
     def results_per_second(self) -> float:
@@ -65,6 +73,7 @@ def _predict(lm, task, caches: list[KVCache], prompt, letters: str, settings: Se
         except ValueError:  # different geometries (token selection): one at a time
             batches = chunk
         for batch in batches:
+            batch = batch.to(device=lm.model.device)
             if task.kind == "choice":
                 logits = choice_logits(lm.model, lm.tokenizer, batch, prompt.question_ids, letters)
                 preds = [letters[int(row.argmax())] for row in logits]
@@ -83,6 +92,18 @@ def _same(task, a: str, b: str) -> bool:
     return a == b if task.kind == "choice" else normalize_answer(a) == normalize_answer(b)
 
 
+@attrs.frozen(eq=False)
+class _Pending:
+    """A sample whose cache is on its way through the pipelines."""
+
+    sample: object
+    prompt: object
+    cache: KVCache  # the sender's cache, on the CPU
+    full_record: dict | None
+    todo: list[str]  # pipeline names (spec text) still to compute
+    trips: list  # futures of RoundTrip: identity size, fp16 size, then one per todo pipeline
+
+
 def evaluate(
     lm,
     task,
@@ -96,6 +117,8 @@ def evaluate(
 ) -> RunStats:
     """Run the protocol on ``samples`` for ``pipelines`` and append records to ``results``.
 
+    With ``settings.workers > 0`` the codecs of the next samples run in worker processes
+    while the model decodes the current one; records are the same and keep sample order.
     ``on_sample(done_results, total_new_results)`` is called after each sample (progress).
     """
     task_options = dict(task_options or {})
@@ -111,32 +134,28 @@ def evaluate(
         "max_new_tokens": settings.max_new_tokens if task.kind != "choice" else None,
     }
     started = time.perf_counter()
-    written = skipped = worked = 0
-    for sample in samples:
-        key = lambda pipeline: record_key({**base, "sample_id": sample.id, "pipeline": pipeline})  # noqa: E731
-        todo = [(n, p) for n, p in zip(names, pipelines) if results.get(key(n)) is None]
-        skipped += len(pipelines) - len(todo)
-        full_record = results.get(key(FULL))
-        if not todo and full_record is not None:
-            skipped += 1
-            continue
-        worked += 1
-        prompt = task_prompt(lm.tokenizer, task, sample, chat=lm.chat)
-        cache = prefill(lm.model, prompt.context_ids)
-        elements = cache.num_elements
-        fp16_bytes = len(api.encode(cache, "fp16"))
+    clock = {"prefill": 0.0, "codec": 0.0, "receiver": 0.0}
+    counts = {"written": 0, "skipped": 0, "worked": 0}
+
+    def finish(p: _Pending) -> None:
+        t0 = time.perf_counter()
+        trips = [f.result() for f in p.trips]
+        t1 = time.perf_counter()
+        clock["codec"] += t1 - t0
+        full_bytes, fp16_bytes = trips[0].nbytes, trips[1].nbytes
         rows: list[tuple[str, KVCache, int]] = []
-        if full_record is None:
-            rows.append((FULL, cache, len(api.encode(cache, "identity"))))
-        for name, pipeline in todo:
-            payload = api.encode(cache, pipeline)
-            rows.append((name, api.decode(payload, device=cache.device), len(payload)))
+        if p.full_record is None:
+            rows.append((FULL, p.cache, full_bytes))
+        rows.extend((name, trip.cache, trip.nbytes) for name, trip in zip(p.todo, trips[2:]))
+        sample, prompt = p.sample, p.prompt
         letters = LETTERS[: len(sample.choices)]
         outcomes = _predict(lm, task, [r[1] for r in rows], prompt, letters, settings)
-        if full_record is None:
+        clock["receiver"] += time.perf_counter() - t1
+        if p.full_record is None:
             full_pred, full_nll = outcomes[0]
         else:
-            full_pred, full_nll = full_record["prediction"], full_record.get("nll")
+            full_pred, full_nll = p.full_record["prediction"], p.full_record.get("nll")
+        elements = p.cache.num_elements
         new = []
         for (name, _, nbytes), (pred, nll) in zip(rows, outcomes):
             scores = task.score(pred, sample)
@@ -160,7 +179,34 @@ def evaluate(
                 }
             )
         results.append(new)
-        written += len(new)
+        counts["written"] += len(new)
         if on_sample:
-            on_sample(written, len(new))
-    return RunStats(worked, written, skipped, time.perf_counter() - started)
+            on_sample(counts["written"], len(new))
+
+    lookahead = 2 if settings.workers else 0
+    pending: deque[_Pending] = deque()
+    with RoundTripper(settings.workers) as tripper:
+        for sample in samples:
+            key = lambda pipeline: record_key({**base, "sample_id": sample.id, "pipeline": pipeline})  # noqa: E731
+            todo = [n for n in names if results.get(key(n)) is None]
+            counts["skipped"] += len(pipelines) - len(todo)
+            full_record = results.get(key(FULL))
+            if not todo and full_record is not None:
+                counts["skipped"] += 1
+                continue
+            counts["worked"] += 1
+            t0 = time.perf_counter()
+            prompt = task_prompt(lm.tokenizer, task, sample, chat=lm.chat)
+            cache = prefill(lm.model, prompt.context_ids).to(device="cpu")
+            clock["prefill"] += time.perf_counter() - t0
+            specs = ["identity", "fp16", *todo]
+            trips = tripper.submit(cache, specs, keep=[False, False] + [True] * len(todo))
+            pending.append(_Pending(sample, prompt, cache, full_record, todo, trips))
+            while len(pending) > lookahead:
+                finish(pending.popleft())
+        while pending:
+            finish(pending.popleft())
+    return RunStats(
+        counts["worked"], counts["written"], counts["skipped"], time.perf_counter() - started,
+        clock["prefill"], clock["codec"], clock["receiver"],
+    )
