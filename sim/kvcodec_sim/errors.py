@@ -17,3 +17,25 @@ class LinkSpecError(ValueError):
     ``str(err)`` is one line: for a string it quotes the text, says what is wrong and gives
     examples of valid forms; for a field it names the field and the value.
     """
+
+
+class TransferAborted(RuntimeError):
+    """A reliable transfer gave up: one packet needed more transmissions than allowed.
+
+    Raised by :func:`~kvcodec_sim.arq.simulate_arq` when a packet would be sent more than
+    ``ArqConfig.max_transmissions`` times: a channel that loses almost everything, or a
+    window so large for the link's slowest rate that round trips through the queue exceed
+    ``max_rto_s`` (timers then fire again and again), would otherwise run for ever.
+    ``str(err)`` is one line naming the packet and the limit.
+    """
+
+
+def quoted(text: str) -> str:
+    """``repr(text)``, shortened to 57 characters plus ``...`` when ``text`` is longer than 60."""
+    return repr(text) if len(text) <= 60 else repr(text[:57]) + "..."
+
+
+def quoted_path(path: str) -> str:
+    """``repr(path)``, keeping its last 57 characters after ``...`` when it is longer than 60
+    (the file name is the informative end of a path)."""
+    return repr(path) if len(path) <= 60 else "..." + repr(path[-57:])

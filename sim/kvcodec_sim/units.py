@@ -18,6 +18,8 @@ Grammar (the full version, with examples, is in ``specs/link-model.md``)::
     size      := number [size-prefix? 'B']         -> whole bytes, >= 0
     size-prefix := 'k' | 'K' | 'M' | 'G'           (decimal: 10**3, 10**6, 10**9)
 
+    probability := number ['%']                    -> float in [0, 1]
+
 Decisions: ``b`` is a bit and ``B`` a byte; prefixes are SI decimal (``k`` = 1000) and a
 lowercase ``m``, ``g`` or ``t`` is rejected, since ``m`` means milli; binary prefixes
 (``Ki``, ``Mi``) are rejected. Exponents are allowed (``1e9bps``). A bandwidth and a
@@ -36,13 +38,14 @@ from decimal import Decimal
 
 from kvcodec_sim.errors import LinkSpecError
 
-__all__ = ["parse_bandwidth", "parse_duration", "parse_size"]
+__all__ = ["parse_bandwidth", "parse_duration", "parse_probability", "parse_size"]
 
 _NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
 _NUMBER_RE = re.compile(_NUMBER)
 _BANDWIDTH_RE = re.compile(rf"(?P<number>{_NUMBER})[ \t]*(?P<prefix>[kKMGT]?)(?P<unit>bps|b/s|bit/s|Bps|B/s)")
 _DURATION_RE = re.compile(rf"(?P<number>{_NUMBER})[ \t]*(?P<unit>s|ms|us|\u00b5s|\u03bcs|ns)")
 _SIZE_RE = re.compile(rf"(?P<number>{_NUMBER})(?:[ \t]*(?P<prefix>[kKMG]?)B)?")
+_PROBABILITY_RE = re.compile(rf"(?P<number>{_NUMBER})(?:[ \t]*(?P<percent>%))?")
 
 _SI = {"": Decimal(1), "k": Decimal(10) ** 3, "K": Decimal(10) ** 3, "M": Decimal(10) ** 6,
        "G": Decimal(10) ** 9, "T": Decimal(10) ** 12}
@@ -57,6 +60,8 @@ _DURATION_FORM = "a non-negative number and a time unit (s, ms, us, µs, ns)"
 _DURATION_EXAMPLES = "10ms, 0.5s, 250us, 20 ms, 0s"
 _SIZE_FORM = "a non-negative whole number of bytes, optionally with B and a prefix k, M, G"
 _SIZE_EXAMPLES = "1500, 9000B, 9kB, 64 kB"
+_PROBABILITY_FORM = "a number from 0 to 1, or a percentage from 0% to 100%"
+_PROBABILITY_EXAMPLES = "0.01, 1%, 0.5%, 0, 0.3"
 
 
 def _error(what: str, text: str, reason: str, form: str, examples: str) -> LinkSpecError:
@@ -185,3 +190,29 @@ def parse_size(text: str) -> int:
     if nbytes > _MAX_SIZE_BYTES:
         raise _error("size", text, f"larger than {_MAX_SIZE_BYTES} bytes", _SIZE_FORM, _SIZE_EXAMPLES)
     return int(nbytes)
+
+
+def parse_probability(text: str) -> float:
+    """Parse a probability such as a loss rate: ``"0.01"`` or ``"1%"``.
+
+    A bare number is a probability in ``[0, 1]``; a number followed by ``%`` (one run of
+    spaces or tabs may come before it) is a percentage in ``[0, 100]``. The number is read
+    exactly and rounded once, so ``"1%"`` is exactly ``0.01``.
+
+    Args:
+        text: the probability as written, e.g. ``"0.3"``, ``"30%"``, ``"0.5 %"``.
+
+    Returns:
+        The probability, a float in ``[0, 1]``.
+
+    Raises:
+        TypeError: ``text`` is not a ``str``.
+        LinkSpecError: ``text`` is empty, negative, above 1 (100 %), ``nan``/``inf``, has
+            an unknown suffix, or is not a number.
+    """
+    number, match = _quantity(text, "probability", _PROBABILITY_RE, _PROBABILITY_FORM, _PROBABILITY_EXAMPLES)
+    if match["percent"]:
+        number = _scaled(number, Decimal("0.01"))
+    if number > 1:
+        raise _error("probability", text, "greater than 1 (100%)", _PROBABILITY_FORM, _PROBABILITY_EXAMPLES)
+    return float(number)
