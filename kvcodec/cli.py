@@ -351,7 +351,8 @@ def plugins(as_json):
         for info in (reg.codecs[n] for n in reg.names())
     ]
     if as_json:
-        click.echo(json.dumps({"codecs": rows, "plugins": list(reg.loaded), "failed": list(reg.failed)}, indent=2))
+        click.echo(json.dumps({"codecs": rows, "plugins": list(reg.loaded), "failed": list(reg.failed),
+                               "skipped": list(reg.skipped), "selection": os.environ.get(ENV_VAR)}, indent=2))
         return
     table = Table(title="kvcodec codecs")
     for col in ("name", "family", "accepts → produces", "parameters", "provided by"):
@@ -547,9 +548,14 @@ def sweep(bits, axes, targets, protect, layerwise, model, task, n, seed, data_di
 @click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--markdown", "md_path", default=None, type=click.Path(dir_okay=False), help="write the table here")
 @click.option("--plot", "png_path", default=None, type=click.Path(dir_okay=False), help="write the rate–accuracy PNG here")
-def report(results, md_path, png_path):
-    """Summarize results files: a markdown table and a rate–accuracy plot."""
-    from kvcodec.report import markdown, plot, summarize
+@click.option("--damage-map", "damage_path", default=None, type=click.Path(dir_okay=False),
+              help="write the layer-wise damage map (heat map of one-layer-at-a-time pipelines) PNG here")
+@click.option("--by-option", "by_option", default=None, type=(str, click.Path(dir_okay=False)),
+              help="OPTION PNG: plot %% of full against a numeric task option (e.g. length needle.png)")
+def report(results, md_path, png_path, damage_path, by_option):
+    """Summarize results files: a markdown table (with a layer-wise damage map when the results
+    hold one-layer-at-a-time pipelines) and plots."""
+    from kvcodec.report import damage_markdown, damage_plot, layer_damage, markdown, option_plot, plot, summarize
     from kvcodec.results import ResultsError, read_records
 
     missing = [r for r in results if not Path(r).is_file()]
@@ -559,11 +565,23 @@ def report(results, md_path, png_path):
         rows = summarize(read_records(results))
     except ResultsError as exc:
         raise InputError(str(exc)) from None
+    cells = layer_damage(rows)
     text = markdown(rows)
+    if cells:
+        text += "\n## Layer-wise damage map\n\n" + damage_markdown(cells)
+    if damage_path and not cells:
+        raise InputError("--damage-map: the results hold no one-layer-at-a-time pipelines (kvcodec sweep --layerwise)")
     if md_path:
         Path(md_path).write_text(text, encoding="utf-8")
     if png_path:
         plot(rows, png_path)
+    if damage_path:
+        damage_plot(cells, damage_path)
+    if by_option:
+        try:
+            option_plot(rows, by_option[0], by_option[1])
+        except ValueError as exc:
+            raise InputError(f"--by-option: {exc}") from None
     click.echo(text)
 
 

@@ -2,12 +2,21 @@
 # Recompute this report's records, resumably: every command appends only the records that
 # its results file does not hold yet, so an interrupted run continues where it stopped.
 #   bash reports/accuracy/run.sh [squad|layerwise|needle|all]      (default: all)
+# Re-render the tables and plots from the committed records (no model needed):
+#   bash reports/accuracy/run.sh report
 # Needs the data folder in --data-dir or $KVCODEC_DATA_DIR (see the README).
 set -euo pipefail
 R=reports/accuracy
 RES="${RES:-$R}"  # where the results files live
 KV="${KVCODEC:-python -m kvcodec}"
 what="${1:-all}"
+if [[ $what == report ]]; then
+  $KV report $R/squad.jsonl.gz --markdown $R/squad.md --plot $R/squad.png > /dev/null
+  $KV report $R/layerwise.jsonl.gz --markdown $R/layerwise.md --damage-map $R/layerwise.png > /dev/null
+  $KV report $R/needle.jsonl.gz --markdown $R/needle.md --by-option length $R/needle.png > /dev/null
+  echo "wrote $R/{squad,layerwise,needle}.{md,png}"
+  exit 0
+fi
 if [[ $what == squad || $what == all ]]; then
   for M in smollm2-135m gemma3-270m; do
     $KV eval --model $M --task squad -n "${N:-200}" --pipeline-file $R/grid.txt --results $RES/squad.jsonl.gz
