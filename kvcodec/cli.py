@@ -335,8 +335,9 @@ def inspect(payload, as_json):
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="print as JSON")
 def plugins(as_json):
-    """List the installed codecs: name, family, accepts → produces, and the distribution providing it."""
-    from kvcodec.plugins import get_registry
+    """List the installed codecs: name, family, accepts → produces, and the distribution
+    providing it; then the plugins that loaded, what KVCODEC_PLUGINS left out, and failures."""
+    from kvcodec.plugins import ENV_VAR, get_registry, plugin_report
 
     reg = get_registry()
     rows = [
@@ -360,8 +361,11 @@ def plugins(as_json):
     for r in rows:
         table.add_row(r["name"], r["family"], f"{r['accepts']} → {r['produces']}", r["params"], r["provider"])
     _wide_console().print(table)
-    if reg.failed:
-        err_console.print("failed to load: " + ", ".join(reg.failed))
+    for line in plugin_report(reg):
+        if line.startswith("failed"):
+            err_console.print(line)
+        else:
+            click.echo(line)
 
 
 def _task_options(task, values: tuple[str, ...]) -> dict:
@@ -397,7 +401,10 @@ def _summary_table(rows, title: str) -> Table:
     return table
 
 
-def _run_eval(model, task_name, specs, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, workers, device, dtype):
+def _run_eval(model, task_name, specs, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, workers, device, dtype,
+              lm=None, show=True):
+    """Evaluate ``specs`` (loading the model unless ``lm`` is given); print the summary table
+    (when ``show``) and return the loaded model and the summaries of this run's samples."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from kvcodec.harness import Settings, evaluate
@@ -416,7 +423,7 @@ def _run_eval(model, task_name, specs, n, seed, data_dir, results_path, options,
         results = ResultsFile(results_path)
     except ResultsError as exc:
         raise InputError(str(exc)) from None
-    lm = _load(model, device, dtype)
+    lm = lm or _load(model, device, dtype)
     _check_against_model(lm, pipelines)
     if workers is None:
         workers = min(8, (os.cpu_count() or 1) - 1) if lm.device.type == "cuda" else 0
@@ -456,7 +463,10 @@ def _run_eval(model, task_name, specs, n, seed, data_dir, results_path, options,
     mine = [r for r in results.records if r["model_sha256"] == lm.sha256 and r["task"] == task.name
             and r["sample_id"] in ids and r["pipeline"] in wanted and r.get("task_options", {}) == opts
             and r["dtype"] == str(lm.dtype).replace("torch.", "")]
-    _wide_console().print(_summary_table(summarize(mine), f"{lm.name} · {task.name} {opts or ''} · n={len(samples)}"))
+    rows = summarize(mine)
+    if show:
+        _wide_console().print(_summary_table(rows, f"{lm.name} · {task.name} {opts or ''} · n={len(samples)}"))
+    return lm, rows
 
 
 eval_options = [
@@ -542,6 +552,60 @@ def sweep(bits, axes, targets, protect, layerwise, model, task, n, seed, data_di
     specs = ["fp16"] + sweep_specs(_int_list(bits), axes_l, targets_l, [p.strip() for p in protect.split(";")], layerwise)
     err_console.print(f"sweep: {len(specs)} pipelines")
     _run_eval(model, task, specs, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, workers, device, dtype)
+
+
+@cli.command()
+@click.option("--bits", type=click.IntRange(2, 8), default=4, show_default=True, help="width diagnosed, one layer at a time")
+@click.option("--axis", type=click.Choice(["token", "channel"]), default="token", show_default=True)
+@click.option("--threshold", type=click.FloatRange(min=0), default=0.05, show_default=True,
+              help="ΔNLL (nats per answer token) above which a layer's keys or values are protected")
+@click.option("--protect-with", default="int8", show_default=True, help="chain that protected keys/values are sent with")
+@click.option("--recipe", "recipe_path", required=True, type=click.Path(dir_okay=False, writable=True),
+              help="write the recipe (a pipeline file for eval/simulate --pipeline-file) here")
+@click.option("--markdown", "md_path", default=None, type=click.Path(dir_okay=False), help="write the damage map table here")
+@click.option("--damage-map", "damage_path", default=None, type=click.Path(dir_okay=False), help="write the heat-map PNG here")
+@_with(eval_options)
+def diagnose(bits, axis, threshold, protect_with, recipe_path, md_path, damage_path, model, task, n, seed, data_dir,
+             results_path, options, max_new_tokens, batch_size, workers, device, dtype):
+    """Layer-wise sensitivity → damage map → recipe, verified with an eval run.
+
+    Quantizes one layer at a time (keys and values separately) at --bits, the rest at full
+    precision; protects the layers whose ΔNLL exceeds --threshold when damage is
+    concentrated, else raises the uniform width (specs/diagnose.md)."""
+    from kvcodec.diagnose import cell_specs, cells_from, damage_table, diagnose as run_diagnosis, stage_spec, write_recipe
+    from kvcodec.report import damage_plot, layer_damage
+
+    stage = stage_spec(bits, axis)
+    _pipelines((f"{stage} L0.k={protect_with}",))  # a bad --protect-with fails before the model loads
+    lm = _load(model, device, dtype)
+    num_layers = lm.model.config.get_text_config().num_hidden_layers
+    specs = [stage, *cell_specs(num_layers, stage)]
+    err_console.print(f"diagnose: {len(specs)} pipelines ({num_layers} layers × keys, values + uniform {stage})")
+    args = (model, task, specs, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, workers, device, dtype)
+    lm, rows = _run_eval(*args, lm=lm, show=False)
+    try:
+        diagnosis = run_diagnosis(cells_from(rows, stage), stage, threshold=threshold, protect_with=protect_with)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    table = damage_table(diagnosis)
+    click.echo(f"## {lm.name} · {task} · one layer at a time in {stage} (n = {n})\n\n{table}")
+    click.echo(diagnosis.reason)
+    if md_path:
+        Path(md_path).write_text(f"# {lm.name} · {task} · {stage} one layer at a time\n\n{table}\n{diagnosis.reason}\n")
+    if damage_path:
+        damage_plot(layer_damage(rows), damage_path)
+    header = [f"kvcodec diagnose --model {lm.name} --task {task} -n {n} --bits {bits} --axis {axis} --threshold {threshold:g}"]
+    write_recipe(recipe_path, diagnosis, header)
+    click.echo(f"recipe: {diagnosis.recipe}  (written to {recipe_path}); verifying it …")
+    _, verify = _run_eval(*args[:2], [stage, diagnosis.recipe], *args[3:], lm=lm, show=True)
+    by_name = {r.pipeline: r for r in verify}
+    mine = by_name.get(_pipelines((diagnosis.recipe,))[0].describe())
+    if mine is not None:
+        click.echo(
+            f"verified: {mine.pipeline}: {mine.percent:.1f} % of full [{mine.low:.1f}, {mine.high:.1f}], "
+            f"ΔNLL {mine.delta_nll if mine.delta_nll is not None else float('nan'):+.3f}, {mine.bytes:,.0f} bytes "
+            f"({mine.ratio_fp16:.3f} × FP16, {mine.bits_per_element:.2f} bits/element)"
+        )
 
 
 @cli.command()

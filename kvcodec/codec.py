@@ -88,6 +88,9 @@ class Stage:
 
     Parameters are the attrs fields; each must be ``bool``, ``int``, ``float`` or ``str``
     (they appear in spec strings and in the wire header) and have a default.
+
+    A lossy tensor stage declares how far its reconstruction may be off by overriding
+    :meth:`TensorStage.error_bound`; :mod:`kvcodec.testing` checks every claim above.
     """
 
     name: ClassVar[str]
@@ -169,6 +172,26 @@ class TensorStage(Stage):
             DecodeError: when ``y`` or ``side`` is inconsistent (they come from the wire).
         """
         raise NotImplementedError
+
+    def error_bound(self, x: torch.Tensor, side: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """The reconstruction error this stage promises for the input ``x``.
+
+        Declared by stages that accept FLOAT (``specs/plugins.md`` §4.6). ``x`` is the float
+        tensor ``encode`` received, ``[batch, kv_heads, seq_len, head_dim]``, any float
+        dtype, and ``side`` the side information ``encode`` returned for it. The result
+        is a float tensor (float32 or float64) broadcastable to ``x.shape``, in the units
+        of ``x``: for every finite element, ``|decode(encode(x)) − x| ≤ bound`` holds
+        *before* the pipeline converts the decoded tensor to the cache dtype (that last
+        rounding, half an ulp of the cache dtype, is accounted for by whoever checks the
+        bound, e.g. :mod:`kvcodec.testing`). ``None`` declares no bound.
+
+        The default is exact reconstruction (a zero bound) for ``lossless`` stages and
+        ``None`` for lossy ones; a lossy stage SHOULD override it with a bound it can
+        prove (for a uniform quantizer: half its step, plus float32 rounding).
+        """
+        if self.lossless:
+            return torch.zeros((), dtype=torch.float64)
+        return None
 
 
 class CacheStage(Stage):

@@ -24,7 +24,12 @@ from kvcodec.errors import PluginError
 ENTRY_POINT_GROUP = "kvcodec"
 ENV_VAR = "KVCODEC_PLUGINS"
 BUILTIN_PROVIDER = "kvcodec (built-in)"
-BUILTIN_PLUGINS: tuple[str, ...] = ("kvcodec_builtins.quant",)
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "kvcodec_builtins.quant",
+    "kvcodec_builtins.delta",
+    "kvcodec_builtins.lowrank",
+    "kvcodec_builtins.entropy",
+)
 
 
 class PluginWarning(UserWarning):
@@ -50,11 +55,24 @@ class CodecInfo:
 
 @attrs.frozen
 class Registry:
-    """Codec name → :class:`CodecInfo`, plus the plugins that loaded and those that failed."""
+    """Codec name → :class:`CodecInfo`, plus the plugins that loaded, those that failed
+    and those that ``KVCODEC_PLUGINS`` left out.
+
+    Attributes:
+        codecs: codec name → :class:`CodecInfo`.
+        loaded: names of the plugins that loaded (built-in modules and entry points).
+        failed: ``"name (distribution version)"`` of plugins that failed to load.
+        skipped: ``"name (distribution version)"`` of installed entry-point plugins that
+            ``KVCODEC_PLUGINS`` did not select (not imported).
+        providers: plugin name → provider (``"kvcodec (built-in)"`` or distribution and
+            version) for every loaded plugin.
+    """
 
     codecs: dict[str, CodecInfo]
     loaded: tuple[str, ...]
     failed: tuple[str, ...]
+    skipped: tuple[str, ...] = ()
+    providers: dict[str, str] = attrs.field(factory=dict)
 
     def get(self, name: str) -> CodecInfo | None:
         return self.codecs.get(name)
@@ -68,6 +86,20 @@ def _selected() -> set[str] | None:
     if raw is None:
         return None
     return {n.strip() for n in raw.split(",") if n.strip()}
+
+
+def _not_selected() -> tuple[str, ...]:
+    """``"name (distribution version)"`` of the entry-point plugins ``KVCODEC_PLUGINS``
+    leaves out (none when it is unset); nothing is imported."""
+    wanted = _selected()
+    if wanted is None:
+        return ()
+    out = []
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = ep.dist.name if ep.dist else "?"
+        if ep.name not in wanted and dist not in wanted:
+            out.append(f"{ep.name} ({dist} {ep.dist.version if ep.dist else '?'})")
+    return tuple(out)
 
 
 def make_plugin_manager() -> tuple[pluggy.PluginManager, dict[str, str], list[str]]:
@@ -145,7 +177,7 @@ def build_registry() -> Registry:
             providers.pop(impl.plugin_name, None)
             warnings.warn(f"kvcodec plugin {label} failed in register_codecs: {type(exc).__name__}: {exc}",
                           PluginWarning, stacklevel=2)
-    return Registry(codecs, tuple(sorted(providers)), tuple(failed))
+    return Registry(codecs, tuple(sorted(providers)), tuple(failed), _not_selected(), dict(providers))
 
 
 _registry: Registry | None = None
@@ -157,6 +189,31 @@ def get_registry() -> Registry:
     if _registry is None:
         _registry = build_registry()
     return _registry
+
+
+def plugin_report(registry: Registry) -> list[str]:
+    """Lines for ``kvcodec plugins``: which plugins loaded (with their providers and the
+    codecs each registered), what ``KVCODEC_PLUGINS`` selected and left out, and which
+    plugins failed."""
+    by_plugin: dict[str, list[str]] = {}
+    for info in registry.codecs.values():
+        by_plugin.setdefault(info.plugin, []).append(info.name)
+    order = sorted(registry.loaded, key=lambda n: (registry.providers.get(n) != BUILTIN_PROVIDER, n))
+    width = max((len(n) for n in order), default=0)
+    pwidth = max((len(registry.providers.get(n, "?")) for n in order), default=0)
+    lines = [f"plugins loaded ({len(order)}):"]
+    for name in order:
+        codecs = ", ".join(sorted(by_plugin.get(name, []))) or "no codecs"
+        lines.append(f"  {name:<{width}}  {registry.providers.get(name, '?'):<{pwidth}}  {codecs}")
+    raw = os.environ.get(ENV_VAR)
+    if raw is None:
+        lines.append(f"{ENV_VAR} is not set: every installed plugin is loaded")
+    else:
+        left = ", ".join(registry.skipped) or "none"
+        lines.append(f"{ENV_VAR}={raw!r} selects the external plugins; not loaded: {left}")
+    if registry.failed:
+        lines.append("failed to load: " + ", ".join(registry.failed))
+    return lines
 
 
 def reset_registry() -> None:

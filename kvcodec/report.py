@@ -150,7 +150,8 @@ def plot(rows: Sequence[Summary], path: str | Path, *, title: str = "Rate–accu
 
 
 # ---------------------------------------------------------------- layer-wise damage maps
-_ONE_LAYER = re.compile(r"^identity L(\d+)=(\S+)$")
+_ONE_LAYER = re.compile(r"^identity L(\d+)(?:\.([kv]))?=(\S+)$")
+_TARGET_NAMES = {None: "", "k": " (keys)", "v": " (values)"}
 
 
 @attrs.frozen
@@ -167,12 +168,13 @@ class LayerDamage:
 
 def layer_damage(rows: Sequence[Summary]) -> list[LayerDamage]:
     """The rows of one-layer-at-a-time pipelines (``identity L<i>=<stage>``, as written by
-    ``kvcodec sweep --layerwise``), sorted by model, stage and layer."""
+    ``kvcodec sweep --layerwise``, or ``identity L<i>.k=<stage>`` / ``.v`` by ``kvcodec
+    diagnose``, whose stage is labelled "(keys)" / "(values)"), sorted by model, stage and layer."""
     out = []
     for r in rows:
         m = _ONE_LAYER.match(r.pipeline)
         if m:
-            out.append(LayerDamage(r.model, r.task, m.group(2), int(m.group(1)), r))
+            out.append(LayerDamage(r.model, r.task, m.group(3) + _TARGET_NAMES[m.group(2)], int(m.group(1)), r))
     return sorted(out, key=lambda d: (d.model, d.task, d.stage, d.layer))
 
 

@@ -17,7 +17,7 @@ import torch
 import kvcodec
 from kvcodec import Form, PluginError, TensorStage, hookimpl
 from kvcodec import plugins as plugins_mod
-from kvcodec.plugins import BUILTIN_PROVIDER, ENV_VAR, PluginWarning, build_registry, get_registry, reset_registry
+from kvcodec.plugins import BUILTIN_PLUGINS, BUILTIN_PROVIDER, ENV_VAR, PluginWarning, build_registry, get_registry, reset_registry
 
 pytestmark = pytest.mark.usefixtures("fresh_registry")
 
@@ -98,7 +98,7 @@ def test_builtins_are_registered_like_plugins(entry_points):
     assert reg.get("int").family == reg.get("sign").family == "quantizer"
     assert reg.get("fp16").family == reg.get("identity").family == "cast"
     assert reg.get("nope") is None
-    assert reg.loaded == ("kvcodec_builtins.quant",) and reg.failed == ()
+    assert reg.loaded == tuple(sorted(BUILTIN_PLUGINS)) and reg.failed == ()
 
 
 def test_get_registry_is_cached_and_resettable(entry_points):
@@ -116,7 +116,7 @@ def test_entry_point_plugins_load_with_their_distribution(entry_points):
     assert reg.get("alpha_t").provider == "kvcodec-alpha 1.2.3"
     assert reg.get("alpha_t").plugin == "alpha"
     assert reg.get("beta_t").provider == "? ?"
-    assert set(reg.loaded) == {"kvcodec_builtins.quant", "alpha", "beta"}
+    assert set(reg.loaded) == {*BUILTIN_PLUGINS, "alpha", "beta"}
 
 
 def test_plugin_codecs_are_usable_from_specs_and_the_wire(entry_points):

@@ -58,6 +58,14 @@ class FP16Cast(TensorStage):
     def encode(self, x: torch.Tensor):
         return x.float().clamp(-FP16_MAX, FP16_MAX).to(torch.float16), {}
 
+    def error_bound(self, x: torch.Tensor, side: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``max(|x| − 65504, 0) + 2^-11 · min(|x|, 65504) + 2^-25`` per element (float64):
+        saturation beyond FP16's range, half an ulp (relative 2^-11) inside it, and half
+        the subnormal spacing (2^-25) near zero.
+        """
+        a = x.double().abs()
+        return (a - FP16_MAX).clamp(min=0) + 2.0**-11 * a.clamp(max=FP16_MAX) + 2.0**-25
+
     def decode(self, y, side: Mapping[str, torch.Tensor]) -> torch.Tensor:
         # any float dtype: after a later stage (fp16+int4) the input is that stage's float32
         # reconstruction of the float16 values, not float16 itself

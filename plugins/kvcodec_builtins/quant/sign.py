@@ -56,6 +56,15 @@ class SignQuantizer(TensorStage):
         codes = grouping.merge((g >= 0).to(torch.uint8))
         return Codes(codes, 1), finite_stats({"scale": scale}, str(self))
 
+    def error_bound(self, x: torch.Tensor, side: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``| |x| − s |`` per element (float64, shape of ``x``), ``s`` the element's group
+        scale: each element decodes to exactly ``±s`` with the sign of ``x`` (−0.0 gives
+        ``+s``), so this is the error itself; a flipped sign would cost ``|x| + s``.
+        """
+        grouping = Grouping.of(tuple(x.shape), self.axis, self.group)
+        s = side["scale"].double().unsqueeze(-1).expand(*grouping.stats_shape, grouping.size)
+        return (x.double().abs() - grouping.merge(s)).abs()
+
     def decode(self, y: Codes, side: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if not isinstance(y, Codes) or y.bits != 1:
             raise DecodeError(f"{self}: expected 1-bit codes")

@@ -46,7 +46,8 @@ class UniformQuantizer(TensorStage):
     shape (uint8, or int32 for 16 bits) and side information ``scale`` (and ``zero`` when
     asymmetric), float16 — float32 when float16 cannot hold them, see the spec — of shape
     ``[B,H,T,G_count]`` (token) or ``[B,H,D,G_count]`` (channel).
-    decode: → float32 ``[B,H,T,D]``; error per element ≤ scale/2 (plus float32 rounding).
+    decode: → float32 ``[B,H,T,D]``; error per element ≤ scale/2 (plus float32 rounding),
+    the bound :meth:`error_bound` declares (``specs/quantization.md`` §7).
 
     Raises:
         ValueError: for invalid parameters, at construction.
@@ -89,6 +90,22 @@ class UniformQuantizer(TensorStage):
         finite_stats(side, str(self))
         codes = grouping.merge(q).to(Codes.storage_dtype(self.bits))
         return Codes(codes, self.bits), side
+
+    def error_bound(self, x: torch.Tensor, side: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``s/2 + 2^-21 · (|x| + |z| + qmax·s)`` per element (float64, shape of ``x``), where
+        ``s`` and ``z`` are the element's group scale and zero point (``h`` = 2^(b−1) − 1
+        instead of ``qmax`` and no ``z`` when symmetric): half a step, plus float32
+        rounding in encode and decode (a few ulps of each term, ``specs/quantization.md`` §7).
+        """
+        grouping = Grouping.of(tuple(x.shape), self.axis, self.group)
+
+        def per_element(stat: torch.Tensor) -> torch.Tensor:
+            return grouping.merge(stat.double().unsqueeze(-1).expand(*grouping.stats_shape, grouping.size))
+
+        s = per_element(side["scale"])
+        top = 2 ** (self.bits - 1) - 1 if self.sym else self.qmax
+        z = torch.zeros_like(s) if self.sym else per_element(side["zero"]).abs()
+        return s / 2 + 2.0**-21 * (x.double().abs() + z + top * s)
 
     def decode(self, y: Codes, side: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if not isinstance(y, Codes) or y.bits != self.bits:
