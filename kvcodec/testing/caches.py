@@ -109,14 +109,23 @@ def make_cache(seed: int = 0, layers: int = 2, **kw) -> KVCache:
     return KVCache(make_layer(gen, **kw) for _ in range(layers))
 
 
+def _with_huge(x: torch.Tensor, value: float) -> torch.Tensor:
+    """A copy of ``x`` with one element (the last token's first channel) set to ``value``."""
+    x = x.clone()
+    x[..., -1, 0] = value
+    return x
+
+
 def standard_caches(
     head_dims: tuple[int, ...] = (8, 12), device: torch.device | str | None = None, very_long: bool = False
 ) -> list[KVCache]:
     """A fixed list of caches covering what a codec must handle.
 
-    Float32, float16 and bfloat16; MHA, GQA and MQA head counts; one token and several;
+    Float32, float16 and bfloat16; MHA, GQA and MQA head counts; one token (float16 and
+    float32) and several;
     outlier channels and a large first token; tiny and large magnitudes (up to the float16
-    limit); a constant (all-zero) layer; sliding-window layers; token-selected layers with
+    limit, and beyond it in float32 and bfloat16 caches); a constant (all-zero) layer;
+    sliding-window layers; token-selected layers with
     shared and per-head positions; values with another head_dim than the keys'; keys and
     values that are not contiguous in memory; a sequence longer than 256 tokens, where
     8-bit token indices overflow, and with ``very_long`` one longer than 65536 (16-bit
@@ -141,6 +150,14 @@ def standard_caches(
     zero = make_cache(8, layers=1, heads=1, seq=2, head_dim=d)
     out.append(zero.map(lambda _, l: l.replace(keys=torch.zeros_like(l.keys), values=torch.zeros_like(l.values))))
     out.append(make_cache(10, layers=1, heads=2, seq=300, head_dim=d, dtype=torch.float16, sink=8.0))
+    # one float32 token: every per-channel group is constant, and its value is rarely a
+    # float16 number (a zero point rounded to nearest instead of down lands above it)
+    out.append(make_cache(14, layers=1, heads=2, seq=1, head_dim=d, scale=3.0))
+    # finite values beyond float16's range (±65504) in float32 and bfloat16 caches: a codec
+    # that passes values through float16 turns them into ±inf
+    for seed, dtype in ((12, torch.float32), (13, torch.bfloat16)):
+        big = make_cache(seed, layers=1, heads=2, seq=4, head_dim=d, dtype=dtype)
+        out.append(big.map(lambda _, l: l.replace(keys=_with_huge(l.keys, 1e5), values=_with_huge(l.values, -2e5))))
     if very_long:
         out.append(make_cache(11, layers=1, heads=1, seq=65536 + 300, head_dim=d, kind="sliding", extra_seen=40))
     return [c.to(device) if device is not None else c for c in out]
