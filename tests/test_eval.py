@@ -114,3 +114,28 @@ def test_sweep_grid():
     assert len(specs) == len(set(specs))
     for s in specs:
         as_pipeline(s)
+
+
+def test_cli_diagnose_writes_a_recipe_that_eval_reads(tmp_path, monkeypatch):
+    from kvcodec.diagnose import read_recipe
+    from kvcodec.models import load_model
+
+    lm = load_model("smollm2-135m", device="cpu", dtype="float32")
+    monkeypatch.setattr(cli, "_load", lambda *a, **k: lm)
+    runner = CliRunner()
+    out, recipe, png = tmp_path / "d.jsonl", tmp_path / "recipe.txt", tmp_path / "map.png"
+    args = ["diagnose", "--task", "squad", "-n", "1", "--max-new-tokens", "2", "--threshold", "0",
+            "--data-dir", str(DATA), "--results", str(out), "--recipe", str(recipe), "--damage-map", str(png)]
+    result = runner.invoke(cli.cli, args)
+    assert result.exit_code == 0, result.output
+    layers = lm.model.config.get_text_config().num_hidden_layers
+    pipelines = {r["pipeline"] for r in read_records([out])}
+    assert {f"identity L{i}.{t}=int4" for i in range(layers) for t in "kv"} <= pipelines
+    (spec,) = read_recipe(recipe.read_text())
+    assert spec in pipelines or as_pipeline(spec).describe() in pipelines  # verified by an eval run
+    assert "verified:" in result.output and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = runner.invoke(cli.cli, ["eval", "--task", "squad", "-n", "1", "--max-new-tokens", "2", "--pipeline-file",
+                                     str(recipe), "--data-dir", str(DATA), "--results", str(out)])
+    assert result.exit_code == 0 and "0 new results" in result.output
+    result = runner.invoke(cli.cli, args[:-2] + ["--protect-with", "int9"])
+    assert result.exit_code != 0
