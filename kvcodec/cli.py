@@ -401,7 +401,7 @@ def _summary_table(rows, title: str) -> Table:
     return table
 
 
-def _run_eval(model, task_name, specs, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, workers, device, dtype,
+def _run_eval(model, task_name, specs, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, workers, processes, shard, device, dtype,
               lm=None, show=True):
     """Evaluate ``specs`` (loading the model unless ``lm`` is given); print the summary table
     (when ``show``) and return the loaded model and the summaries of this run's samples."""
@@ -412,6 +412,7 @@ def _run_eval(model, task_name, specs, n, seed, data_dir, results_path, options,
     from kvcodec.results import FULL, ResultsFile, ResultsError
     from kvcodec.tasks import get_task, resolve_data_dir
 
+    shard_of = _shard(shard) if shard is not None else None
     try:
         task = get_task(task_name)
         data = resolve_data_dir(data_dir)
@@ -434,30 +435,42 @@ def _run_eval(model, task_name, specs, n, seed, data_dir, results_path, options,
         samples = task.load(data, n=n, seed=seed, **load_opts)
     except ValueError as exc:
         raise InputError(str(exc)) from None
+    if shard_of is not None:
+        samples = samples[shard_of[0] :: shard_of[1]]
+    if processes > 1:
+        child_args = dict(model=model or lm.name, task=task.name, n=n, seed=seed, data_dir=str(data), options=options,
+                          max_new_tokens=max_new_tokens, batch_size=batch_size, device=str(lm.device),
+                          dtype=str(lm.dtype).replace("torch.", ""))
+        _run_processes(processes, workers, [p.describe() for p in pipelines], results, child_args,
+                       total=len(samples) * (len(pipelines) + 1), label=f"{lm.name} · {task.name}", device=lm.device)
+        samples_done = samples
+    else:
+        samples_done = None
     total = len(samples) * (len(pipelines) + 1)
-    with Progress(
+    with (_null_progress() if samples_done is not None else Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=err_console,
-    ) as progress:
-        bar = progress.add_task(f"{lm.name} · {task.name}", total=total, rate="")
-        started = time.perf_counter()
+    )) as progress:
+        if samples_done is None:
+            bar = progress.add_task(f"{lm.name} · {task.name}", total=total, rate="")
+            started = time.perf_counter()
 
-        def on_sample(done, new):
-            elapsed = time.perf_counter() - started
-            progress.update(bar, advance=new, rate=f"{done / max(elapsed, 1e-9):.2f} results/s")
+            def on_sample(done, new):
+                elapsed = time.perf_counter() - started
+                progress.update(bar, advance=new, rate=f"{done / max(elapsed, 1e-9):.2f} results/s")
 
-        stats = evaluate(
-            lm, task, samples, pipelines, results, task_options=opts,
-            settings=Settings(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, workers=workers),
-            on_sample=on_sample,
-        )
-        progress.update(bar, completed=total)
-    err_console.print(
-        f"{stats.results} new results ({stats.skipped} already in {results_path}) in {stats.seconds:.1f} s: "
-        f"{stats.results_per_second:.2f} sample×pipeline results per second on {lm.device}"
-        f" (prefill {stats.prefill_seconds:.1f} s, waiting for codecs {stats.codec_seconds:.1f} s with {workers} workers,"
-        f" receiver {stats.receiver_seconds:.1f} s)"
-    )
+            stats = evaluate(
+                lm, task, samples, pipelines, results, task_options=opts,
+                settings=Settings(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, workers=workers),
+                on_sample=on_sample,
+            )
+            progress.update(bar, completed=total)
+            err_console.print(
+                f"{stats.results} new results ({stats.skipped} already in {results_path}) in {stats.seconds:.1f} s: "
+                f"{stats.results_per_second:.2f} sample×pipeline results per second on {lm.device}"
+                f" (prefill {stats.prefill_seconds:.1f} s, waiting for codecs {stats.codec_seconds:.1f} s with"
+                f" {workers} workers, receiver {stats.receiver_seconds:.1f} s)"
+            )
     wanted = {FULL} | {p.describe() for p in pipelines}
     ids = {s.id for s in samples}
     mine = [r for r in results.records if r["model_sha256"] == lm.sha256 and r["task"] == task.name
@@ -467,6 +480,90 @@ def _run_eval(model, task_name, specs, n, seed, data_dir, results_path, options,
     if show:
         _wide_console().print(_summary_table(rows, f"{lm.name} · {task.name} {opts or ''} · n={len(samples)}"))
     return lm, rows
+
+
+def _shard(text: str) -> tuple[int, int]:
+    index, slash, count = text.partition("/")
+    if not slash or not index.isdigit() or not count.isdigit() or not 0 <= int(index) < int(count):
+        raise InputError(f"--shard takes I/K with 0 ≤ I < K, got {text!r}")
+    return int(index), int(count)
+
+
+class _null_progress:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _run_processes(processes: int, workers, specs: list[str], results, args: dict, *, total: int, label: str, device) -> None:
+    """Run ``kvcodec eval`` in ``processes`` child processes, child ``i`` on samples ``i, i+K, …``,
+    then append their new records to ``results``. Each child starts from a copy of the
+    records already in ``results`` (so it resumes like a single process) and writes its own
+    JSON-lines file; progress is the line count of those files."""
+    import subprocess
+    import tempfile
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from kvcodec.results import ResultsFile, read_records, record_key
+
+    if workers is None:
+        workers = max(1, ((os.cpu_count() or 1) - 1) // processes) if device.type == "cuda" else 0
+    with tempfile.TemporaryDirectory(prefix="kvcodec-eval-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "pipelines.txt").write_text("\n".join(specs) + "\n", encoding="utf-8")
+        seed_lines = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in results.records)
+        children, logs, shards = [], [], []
+        for i in range(processes):
+            shard = tmp / f"shard-{i}.jsonl"
+            shard.write_text(seed_lines, encoding="utf-8")
+            shards.append(shard)
+            cmd = [sys.executable, "-m", "kvcodec", "eval", "--model", args["model"], "--task", args["task"],
+                   "-n", str(args["n"]), "--seed", str(args["seed"]), "--data-dir", args["data_dir"],
+                   "--pipeline-file", str(tmp / "pipelines.txt"), "--results", str(shard),
+                   "--max-new-tokens", str(args["max_new_tokens"]), "--batch-size", str(args["batch_size"]),
+                   "--workers", str(workers), "--device", args["device"], "--dtype", args["dtype"],
+                   "--shard", f"{i}/{processes}"]
+            for opt in args["options"]:
+                cmd += ["--option", opt]
+            log = open(tmp / f"shard-{i}.log", "w", encoding="utf-8")
+            logs.append(log)
+            children.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+        base = len(results.records)
+        started = time.perf_counter()
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=err_console) as progress:
+            bar = progress.add_task(f"{label} · {processes} processes", total=total, rate="")
+            while any(c.poll() is None for c in children):
+                time.sleep(1.0)
+                done = sum(max(_count_lines(sh) - base, 0) for sh in shards)
+                rate = done / max(time.perf_counter() - started, 1e-9)
+                progress.update(bar, completed=min(done, total), rate=f"{rate:.2f} results/s")
+        seconds = time.perf_counter() - started
+        for log in logs:
+            log.close()
+        failed = [i for i, c in enumerate(children) if c.returncode != 0]
+        new = [r for r in read_records(shards) if results.get(record_key(r)) is None]
+        # keep what finished even if a child failed, so a rerun resumes
+        unique = list({record_key(r): r for r in new}.values())
+        results.append(unique)
+        if failed:
+            tail = (tmp / f"shard-{failed[0]}.log").read_text(encoding="utf-8").strip().splitlines()[-1:]
+            raise ModelError(f"eval process {failed[0]} of {processes} failed: {tail[0] if tail else 'no output'}")
+    err_console.print(
+        f"{len(unique)} new results in {seconds:.1f} s from {processes} processes with {workers} codec workers each: "
+        f"{len(unique) / max(seconds, 1e-9):.2f} sample×pipeline results per second on {device}"
+    )
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        with open(path, "rb") as fh:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+    except OSError:
+        return 0
 
 
 eval_options = [
@@ -481,6 +578,10 @@ eval_options = [
     click.option("--batch-size", type=click.IntRange(1, 256), default=32, show_default=True, help="caches per forward pass"),
     click.option("--workers", type=click.IntRange(0, 64), default=None,
                  help="processes running the codecs while the model decodes (default: 0 on CPU, up to 8 on CUDA)"),
+    click.option("--processes", type=click.IntRange(1, 16), default=1, show_default=True,
+                 help="receiver processes sharing the device, each on a share of the samples (a tiny model's "
+                      "decoding is launch-bound: several processes keep one GPU busy)"),
+    click.option("--shard", default=None, hidden=True, help="I/K: only samples I, I+K, … (used by --processes)"),
     device_option,
     dtype_option,
 ]
@@ -499,7 +600,7 @@ def _with(options):
 @click.option("--pipeline", "pipelines", multiple=True, help="pipeline spec (repeatable)")
 @click.option("--pipeline-file", type=click.Path(dir_okay=False), default=None, help="file with one spec per line (# comments)")
 @_with(eval_options)
-def eval_command(pipelines, pipeline_file, model, task, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, workers, device, dtype):
+def eval_command(pipelines, pipeline_file, model, task, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, workers, processes, shard, device, dtype):
     """Measure answer quality against transmitted bytes: each pipeline's real payload, decoded,
     answers the task's questions; the table gives % of full with a 95 % paired bootstrap CI."""
     specs = list(pipelines)
@@ -508,7 +609,7 @@ def eval_command(pipelines, pipeline_file, model, task, n, seed, data_dir, resul
         specs = [s for s in specs if s]
     if not specs:
         raise InputError("give at least one --pipeline or a --pipeline-file")
-    _run_eval(model, task, specs, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, workers, device, dtype)
+    _run_eval(model, task, specs, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, workers, processes, shard, device, dtype)
 
 
 def sweep_specs(bits, axes, targets, protect, layerwise: int | None) -> list[str]:
@@ -543,7 +644,7 @@ def _int_list(text: str) -> list[int]:
 @click.option("--protect", default="none", show_default=True, help="layers kept at full precision: none, 0, 0-1; comma list of choices separated by ';'")
 @click.option("--layerwise", type=click.IntRange(min=1), default=None, help="also one layer at a time quantized, the rest full precision (give the layer count)")
 @_with(eval_options)
-def sweep(bits, axes, targets, protect, layerwise, model, task, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, workers, device, dtype):
+def sweep(bits, axes, targets, protect, layerwise, model, task, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, workers, processes, shard, device, dtype):
     """Evaluate a grid: bit widths × axes × keys/values × protected layers (× layer-wise)."""
     axes_l = [a.strip() for a in axes.split(",")]
     targets_l = [t.strip() for t in targets.split(",")]
@@ -551,7 +652,7 @@ def sweep(bits, axes, targets, protect, layerwise, model, task, n, seed, data_di
         raise InputError("--axis takes token,channel and --target takes kv,k,v")
     specs = ["fp16"] + sweep_specs(_int_list(bits), axes_l, targets_l, [p.strip() for p in protect.split(";")], layerwise)
     err_console.print(f"sweep: {len(specs)} pipelines")
-    _run_eval(model, task, specs, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, workers, device, dtype)
+    _run_eval(model, task, specs, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, workers, processes, shard, device, dtype)
 
 
 @cli.command()
@@ -566,7 +667,7 @@ def sweep(bits, axes, targets, protect, layerwise, model, task, n, seed, data_di
 @click.option("--damage-map", "damage_path", default=None, type=click.Path(dir_okay=False), help="write the heat-map PNG here")
 @_with(eval_options)
 def diagnose(bits, axis, threshold, protect_with, recipe_path, md_path, damage_path, model, task, n, seed, data_dir,
-             results_path, options, max_new_tokens, batch_size, workers, device, dtype):
+             results_path, options, max_new_tokens, batch_size, workers, processes, shard, device, dtype):
     """Layer-wise sensitivity → damage map → recipe, verified with an eval run.
 
     Quantizes one layer at a time (keys and values separately) at --bits, the rest at full
@@ -581,7 +682,7 @@ def diagnose(bits, axis, threshold, protect_with, recipe_path, md_path, damage_p
     num_layers = lm.model.config.get_text_config().num_hidden_layers
     specs = [stage, *cell_specs(num_layers, stage)]
     err_console.print(f"diagnose: {len(specs)} pipelines ({num_layers} layers × keys, values + uniform {stage})")
-    args = (model, task, specs, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, workers, device, dtype)
+    args = (model, task, specs, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, workers, processes, shard, device, dtype)
     lm, rows = _run_eval(*args, lm=lm, show=False)
     try:
         diagnosis = run_diagnosis(cells_from(rows, stage), stage, threshold=threshold, protect_with=protect_with)

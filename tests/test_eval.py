@@ -139,3 +139,20 @@ def test_cli_diagnose_writes_a_recipe_that_eval_reads(tmp_path, monkeypatch):
     assert result.exit_code == 0 and "0 new results" in result.output
     result = runner.invoke(cli.cli, args[:-2] + ["--protect-with", "int9"])
     assert result.exit_code != 0
+
+
+def test_cli_eval_processes_match_one_process(tmp_path):
+    """--processes K splits the samples over K receiver processes; records are the same."""
+    base = ["eval", "--model", "smollm2-135m", "--task", "mmlu", "-n", "3", "--pipeline", "int4",
+            "--data-dir", str(DATA), "--device", "cpu", "--dtype", "float32"]
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    runner = CliRunner()
+    assert runner.invoke(cli.cli, base + ["--results", str(one)]).exit_code == 0
+    result = runner.invoke(cli.cli, base + ["--results", str(two), "--processes", "2"])
+    assert result.exit_code == 0, result.output
+    strip = lambda r: {k: v for k, v in r.items() if k != "provenance"}  # noqa: E731
+    a = {(r["sample_id"], r["pipeline"]): strip(r) for r in read_records([one])}
+    b = {(r["sample_id"], r["pipeline"]): strip(r) for r in read_records([two])}
+    assert len(a) == 6 and a == b
+    result = runner.invoke(cli.cli, base + ["--results", str(two), "--processes", "2"])
+    assert result.exit_code == 0 and len(list(read_records([two]))) == 6  # resumed: nothing new

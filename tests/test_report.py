@@ -90,3 +90,11 @@ def test_committed_report_tables_rerender_from_committed_records(name):
     if cells:
         text += "\n## Layer-wise damage map\n\n" + damage_markdown(cells)
     assert text == (REPORT / f"{name}.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("bad", ["2/2", "x/2", "1", "-1/2", "1/0"])
+def test_bad_shard_is_a_usage_error(bad, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--task", "squad", "--pipeline", "int8", "--shard", bad, "--data-dir", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "--shard takes I/K" in capsys.readouterr().err

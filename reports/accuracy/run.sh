@@ -9,6 +9,7 @@ set -euo pipefail
 R=reports/accuracy
 RES="${RES:-$R}"  # where the results files live
 KV="${KVCODEC:-python -m kvcodec}"
+P="--processes ${PROCS:-1}"  # receiver processes sharing the device (eval --processes)
 what="${1:-all}"
 if [[ $what == report ]]; then
   $KV report $R/squad.jsonl.gz --markdown $R/squad.md --plot $R/squad.png > /dev/null
@@ -19,18 +20,18 @@ if [[ $what == report ]]; then
 fi
 if [[ $what == squad || $what == all ]]; then
   for M in smollm2-135m gemma3-270m; do
-    $KV eval --model $M --task squad -n "${N:-200}" --pipeline-file $R/grid.txt --results $RES/squad.jsonl.gz
+    $KV eval --model $M --task squad -n "${N:-200}" --pipeline-file $R/grid.txt --results $RES/squad.jsonl.gz $P
   done
 fi
 if [[ $what == layerwise || $what == all ]]; then
-  $KV sweep --model smollm2-135m --task squad -n "${NL:-100}" --bits 4 --axis token --layerwise 30 --results $RES/layerwise.jsonl.gz
-  $KV sweep --model gemma3-270m --task squad -n "${NL:-100}" --bits 4 --axis token --layerwise 18 --results $RES/layerwise.jsonl.gz
+  $KV sweep --model smollm2-135m --task squad -n "${NL:-100}" --bits 4 --axis token --layerwise 30 --results $RES/layerwise.jsonl.gz $P
+  $KV sweep --model gemma3-270m --task squad -n "${NL:-100}" --bits 4 --axis token --layerwise 18 --results $RES/layerwise.jsonl.gz $P
 fi
 if [[ $what == needle || $what == all ]]; then
   for M in smollm2-135m gemma3-270m; do
     for LEN in 512 1024 2048 4096; do
       $KV eval --model $M --task needle --option length=$LEN -n "${NN:-50}" \
-        --pipeline int8 --pipeline int4 --pipeline int4:axis=channel --results $RES/needle.jsonl.gz
+        --pipeline int8 --pipeline int4 --pipeline int4:axis=channel --results $RES/needle.jsonl.gz $P
     done
   done
 fi
