@@ -709,6 +709,80 @@ def diagnose(bits, axis, threshold, protect_with, recipe_path, md_path, damage_p
         )
 
 
+@cli.command(name="eval-progressive")
+@click.option("--stream", "streams", multiple=True, help="progressive stream spec (repeatable; default prog8): one prog stage per chain")
+@click.option("--policy", "policies", multiple=True,
+              help="adaptive policy p1>=THRESHOLD,start=PLANES (repeatable; default p1>=0.5,start=3)")
+@click.option("--fixed", default="all", show_default=True, help="fixed prefixes to report too: all, none, or plane counts like 2-8")
+@click.option("--planes-per-message", default="1", show_default=True, help="planes per message: N, or a schedule like 3+1+1+1+1+1")
+@_with(eval_options[:9] + [device_option, dtype_option])  # model … batch-size, device, dtype
+def eval_progressive(streams, policies, fixed, planes_per_message, model, task, n, seed, data_dir, results_path, options,
+                     max_new_tokens, batch_size, device, dtype):
+    """Progressive bitstream against fixed widths: the receiver decodes after the first bit
+    planes and asks for more only when its first answer token is unsure (specs/progressive.md);
+    records go to the results file like eval's, one row per policy and per fixed prefix."""
+    from kvcodec.adaptive import Policy, evaluate_adaptive, stream_label
+    from kvcodec.progressive import stream_bits
+    from kvcodec.harness import Settings
+    from kvcodec.report import summarize
+    from kvcodec.results import FULL, ResultsError, ResultsFile
+    from kvcodec.tasks import get_task, resolve_data_dir
+
+    try:
+        parsed_policies = [Policy.parse(p) for p in (policies or ("p1>=0.5,start=3",))]
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"--policy: {exc}") from None
+    text = planes_per_message.strip()
+    if not all(part.isdigit() and int(part) > 0 for part in text.split("+")):
+        raise InputError(f"--planes-per-message takes N or N+N+…, got {planes_per_message!r}")
+    schedule = int(text) if "+" not in text else [int(p) for p in text.split("+")]
+    fixed_planes = None if fixed == "all" else [] if fixed == "none" else _int_list(fixed)
+    stream_specs = [p.describe() for p in _pipelines(tuple(streams or ("prog8",)))]
+    for spec in stream_specs:
+        stream_bits(spec)  # not a progressive stream: SpecError/CodecError, exit 2, before the model loads
+    try:
+        task_obj = get_task(task)
+        data = resolve_data_dir(data_dir)
+        results = ResultsFile(results_path)
+    except (ValueError, ResultsError) as exc:
+        raise InputError(str(exc)) from None
+    opts = _task_options(task_obj, tuple(options))
+    lm = _load(model, device, dtype)
+    _check_against_model(lm, _pipelines(tuple(stream_specs)))
+    load_opts = dict(opts)
+    if task_obj.name == "needle":
+        load_opts["count_tokens"] = lambda t: len(lm.tokenizer(t, add_special_tokens=False)["input_ids"])
+    try:
+        samples = task_obj.load(data, n=n, seed=seed, **load_opts)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    names = {FULL}
+    for spec in stream_specs:
+        with err_console.status(f"{lm.name} · {task_obj.name} · {spec} …"):
+            try:
+                stats = evaluate_adaptive(
+                    lm, task_obj, samples, results, spec=spec, policies=parsed_policies, fixed_planes=fixed_planes,
+                    planes_per_message=schedule, task_options=opts,
+                    settings=Settings(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed),
+                )
+            except ValueError as exc:
+                raise InputError(str(exc)) from None
+        err_console.print(
+            f"{spec}: {stats.results} new results ({stats.skipped} already there) in {stats.seconds:.1f} s"
+        )
+        for name, planes in stats.planes.items():
+            if planes:
+                hist = {k: planes.count(k) for k in sorted(set(planes))}
+                err_console.print(f"  {name}: planes chosen {hist}")
+        label = stream_label(spec, schedule)
+        names |= {r["pipeline"] for r in results.records if r["pipeline"].startswith(label)}
+    ids = {s.id for s in samples}
+    mine = [r for r in results.records if r["model_sha256"] == lm.sha256 and r["task"] == task_obj.name
+            and r["sample_id"] in ids and r["pipeline"] in names and r.get("task_options", {}) == opts
+            and r["dtype"] == str(lm.dtype).replace("torch.", "")]
+    _wide_console().print(_summary_table(summarize(mine), f"{lm.name} · {task_obj.name} · progressive · n={len(samples)}"))
+
+
 @cli.command()
 @click.argument("results", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--markdown", "md_path", default=None, type=click.Path(dir_okay=False), help="write the table here")
