@@ -44,15 +44,6 @@ def _pipelines(values: tuple[str, ...]):
         raise InputError(str(exc)) from None
 
 
-def _link(bandwidth: str, latency: str, mtu: str, header_bytes: str):
-    from kvcodec_sim import Link, LinkSpecError
-
-    try:
-        return Link.parse(bandwidth, latency=latency, mtu=mtu, header_bytes=header_bytes)
-    except (LinkSpecError, ValueError, TypeError) as exc:
-        raise InputError(str(exc).splitlines()[0]) from None
-
-
 def _check_model_args(model: str, device: str | None, dtype: str | None) -> None:
     """Reject a bad --model, --device or --dtype before any expensive work (exit status 2)."""
     from kvcodec.models import MODELS, resolve_device, resolve_dtype
@@ -125,39 +116,411 @@ def cli() -> None:
     and see the bytes and the time to first token."""
 
 
+#: layers per chunk of `kvcodec simulate --stream` (kvcodec.simulate.DEFAULT_LAYERS_PER_CHUNK)
+DEFAULT_LAYERS_PER_CHUNK = 5
+
+
 @cli.command()
-@click.option("--link", "bandwidth", default="100Mbps", show_default=True, help="link bandwidth: 100Mbps, 1Gbps, 12.5MB/s…")
+@click.option("--link", "link_spec", default="100Mbps", show_default=True,
+              help="channel: a bandwidth, then options (loss=1%, ge=, jitter=2ms, trace=FILE, queue=64kB, …; "
+                   "specs/link-model.md §8)")
 @click.option("--latency", default="0ms", show_default=True, help="one-way propagation delay: 10ms, 0.5s…")
 @click.option("--mtu", default="1500", show_default=True, help="largest packet on the wire, headers included (bytes)")
 @click.option("--header-bytes", default="40", show_default=True, help="per-packet header overhead (bytes; 40 = IPv4 + TCP)")
+@click.option("--arq", "arq_text", default="", help="selective-repeat ARQ options: window=64,min-rto=200ms,dupthresh=3…")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
+              help="seed of the channel's random loss and jitter")
 @model_option
 @click.option("--context", "context_file", default=None, help="UTF-8 text file to prefill (default: embedded prose)")
 @click.option("--question", default=None, help="question the receiver asks (default: embedded)")
 @click.option("--tokens", type=click.IntRange(min=16, max=131072), default=None, help="cut or repeat the context to N tokens")
 @click.option("--pipeline", "pipelines", multiple=True, help="pipeline spec (repeatable; default: a standard set)")
+@click.option("--pipeline-file", type=click.Path(dir_okay=False), default=None, help="file with one spec per line (# comments)")
 @click.option("--max-new-tokens", type=click.IntRange(1, 512), default=24, show_default=True)
+@click.option("--stream", is_flag=True, help="also stream each pipeline in chunks of layers (decode and prefill overlap arrival)")
+@click.option("--layers-per-chunk", type=click.IntRange(1, 4096), default=None,
+              help=f"layers per chunk (implies --stream; default {DEFAULT_LAYERS_PER_CHUNK})")
+@click.option("--target-ttft", "target_text", default=None, help="TTFT target (200ms, 1s): which rows meet it; the adaptive stream aims at it")
+@click.option("--levels", "levels_text", default=None,
+              help="adaptive stream: levels, best first (int8,int4:axis=channel,int3:axis=channel); needs --target-ttft")
+@click.option("--initial-estimate", default=None, help="adaptive sender's first bandwidth estimate (default: the link's nominal goodput)")
+@click.option("--encode-ahead", is_flag=True, help="the sender holds its payloads encoded before the request (encode not counted)")
+@click.option("--profile", "profile_path", default=None, type=click.Path(dir_okay=False),
+              help="receiver profile JSON (kvcodec profile); default: this machine, measured in this run")
+@click.option("--timeline", "timeline_path", default=None, type=click.Path(dir_okay=False), help="write the timelines (JSON) here")
+@click.option("--timeline-plot", "plot_path", default=None, type=click.Path(dir_okay=False), help="write the timeline plot (PNG) here")
+@click.option("--sweep-bandwidth", default=None, help="LOW..HIGH: TTFT over log-spaced bandwidths, e.g. 10Mbps..10Gbps")
+@click.option("--sweep-loss", default=None, help="LOW..HIGH: goodput and TTFT over loss rates (both directions), e.g. 0..20%")
+@click.option("--sweep-points", type=click.IntRange(1, 1000), default=None,
+              help="points of a sweep (default: 13 bandwidths, 9 loss rates)")
 @device_option
 @dtype_option
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
-def simulate(bandwidth, latency, mtu, header_bytes, model, context_file, question, tokens, pipelines, max_new_tokens, device, dtype, as_json):
+def simulate(link_spec, latency, mtu, header_bytes, arq_text, seed, model, context_file, question, tokens, pipelines,
+             pipeline_file, max_new_tokens, stream, layers_per_chunk, target_text, levels_text, initial_estimate,
+             encode_ahead, profile_path, timeline_path, plot_path, sweep_bandwidth, sweep_loss, sweep_points, device,
+             dtype, as_json):
     """Prefill a real model, encode its KV cache with each pipeline, send it over a
-    simulated link, and compare TTFT with sending text and recomputing."""
-    from kvcodec.simulate import DEFAULT_PIPELINES, run
+    simulated channel, and compare TTFT with sending text and recomputing; optionally
+    stream it in chunks, adapt each chunk's level to a TTFT target, and sweep bandwidth or loss."""
+    from kvcodec.simulate import DEFAULT_PIPELINES, Options, prepare, profile_levels, report
 
-    link = _link(bandwidth, latency, mtu, header_bytes)
-    parsed = _pipelines(pipelines or DEFAULT_PIPELINES)
+    channel = _channel(link_spec, latency, mtu, header_bytes)
+    arq = _arq(arq_text)
+    specs = list(pipelines)
+    if pipeline_file:
+        specs += [l.split("#", 1)[0].strip() for l in _text_file(pipeline_file).splitlines()]
+        specs = [s for s in specs if s]
+    parsed = _pipelines(tuple(specs) or DEFAULT_PIPELINES)
+    target = _duration("--target-ttft", target_text) if target_text is not None else None
+    levels = _split_levels(levels_text) if levels_text is not None else []
+    if levels and target is None:
+        raise InputError("--levels needs --target-ttft (the adaptive sender aims at it)")
+    if layers_per_chunk is None and (stream or levels):
+        layers_per_chunk = DEFAULT_LAYERS_PER_CHUNK
+    initial = _bandwidth("--initial-estimate", initial_estimate) if initial_estimate is not None else None
+    sweep = _sweep_args(channel, sweep_bandwidth, sweep_loss, sweep_points)
+    if sweep and (timeline_path or plot_path):
+        raise InputError("--timeline and --timeline-plot describe one channel; leave them out of a sweep")
+    for path in (timeline_path, plot_path):
+        if path:
+            _check_output_path(path)
+    profile = None
+    if profile_path:
+        profile = _load_profile(profile_path, profile_levels(parsed, levels))
     context = _text_file(context_file, "default_context.txt")
     if not context.strip():
         raise InputError(f"context file {context_file} is empty")
     question = question or _read_default("default_question.txt")
     lm = _load(model, device, dtype)
-    _check_against_model(lm, parsed, tokens)
+    _check_against_model(lm, parsed + levels, tokens)
+    if profile is not None:
+        _check_profile_model(profile, profile_path, lm)
+    options = Options(arq=arq, seed=seed, target_s=target, encode_ahead=encode_ahead, initial_bps=initial)
     with err_console.status("running…") as status:
-        report = run(lm, context, question, parsed, link, tokens=tokens, max_new_tokens=max_new_tokens, on_step=status.update)
-    if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2))
+        prep = prepare(lm, context, question, parsed, tokens=tokens, max_new_tokens=max_new_tokens,
+                       layers_per_chunk=layers_per_chunk, levels=levels, profile=profile,
+                       profile_source=profile_path or "", answers=sweep is None, on_step=status.update)
+        if sweep is not None:
+            points = _run_sweep(prep, channel, sweep, options, status)
+        else:
+            status.update("simulating the channel")
+            result = _sim_errors(report, prep, channel, options, layers_per_chunk)
+    if sweep is not None:
+        if as_json:
+            click.echo(json.dumps(_sweep_json(prep, channel, sweep, options, points), indent=2))
+        else:
+            _print_sweep(prep, channel, sweep, options, points)
         return
-    _print_report(report)
+    if timeline_path:
+        _write_text(timeline_path, json.dumps(result.timeline_json(), indent=1) + "\n")
+    if plot_path:
+        from kvcodec.simulate import plot_timelines
+
+        title = (f"{result.model} · {result.context_tokens} tokens · {result.channel.describe()} · "
+                 f"receiver: {result.receiver_source}")
+        plot_timelines(result.timelines, plot_path, title, target)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    _print_report(result)
+    for path, what in ((timeline_path, "timelines"), (plot_path, "timeline plot")):
+        if path:
+            click.echo(f"wrote the {what} to {path}")
+
+
+def _sim_errors(fn, *args, **kw):
+    """Run a simulation; a transfer the ARQ gives up on is a one-line error (exit 2)."""
+    from kvcodec_sim import TransferAborted
+
+    try:
+        return fn(*args, **kw)
+    except TransferAborted as exc:
+        raise InputError(f"the channel lost too much: {exc}") from None
+
+
+def _channel(spec: str, latency: str, mtu: str, header_bytes: str):
+    """The --link channel (a plain bandwidth is a lossless link)."""
+    from kvcodec_sim import Channel, LinkSpecError
+
+    try:
+        return Channel.parse(spec, latency=latency, mtu=mtu, header_bytes=header_bytes)
+    except (LinkSpecError, ValueError, TypeError) as exc:
+        raise InputError(str(exc).splitlines()[0]) from None
+
+
+def _arq(text: str):
+    from kvcodec_sim import ArqConfig, LinkSpecError
+
+    try:
+        return ArqConfig.parse(text) if text.strip() else None
+    except (LinkSpecError, TypeError) as exc:
+        raise InputError(f"--arq: {str(exc).splitlines()[0]}") from None
+
+
+def _duration(option: str, text: str) -> float:
+    from kvcodec_sim import LinkSpecError, parse_duration
+
+    try:
+        value = parse_duration(text)
+    except (LinkSpecError, TypeError) as exc:
+        raise InputError(f"{option}: {str(exc).splitlines()[0]}") from None
+    if value <= 0:
+        raise InputError(f"{option} must be longer than 0 s, got {text!r}")
+    return value
+
+
+def _bandwidth(option: str, text: str) -> float:
+    from kvcodec_sim import LinkSpecError, parse_bandwidth
+
+    try:
+        return parse_bandwidth(text)
+    except (LinkSpecError, TypeError) as exc:
+        raise InputError(f"{option}: {str(exc).splitlines()[0]}") from None
+
+
+def _split_levels(text: str) -> list:
+    """Pipelines of a --levels list, best first. Items are separated by ``;`` if there is
+    one, else by commas — a comma followed by something that is not a spec on its own
+    (``group=32``) continues the previous spec: ``int4:axis=channel,group=32,int8``."""
+    from kvcodec.api import as_pipeline
+
+    def valid(spec: str) -> bool:
+        try:
+            as_pipeline(spec.strip())
+            return True
+        except SpecError:
+            return False
+
+    items = text.split(";") if ";" in text else text.split(",")
+    specs: list[str] = []
+    for item in items:
+        if specs and ";" not in text and not valid(item) and valid(specs[-1] + "," + item):
+            specs[-1] += "," + item
+        else:
+            specs.append(item)
+    specs = [s.strip() for s in specs]
+    if not specs or not all(specs):
+        raise InputError(f"--levels {text!r}: empty level; give specs best first, e.g. int8,int4:axis=channel,int3:axis=channel")
+    parsed = _pipelines(tuple(specs))
+    names = [p.describe() for p in parsed]
+    if len(set(names)) != len(names):
+        raise InputError(f"--levels {text!r}: a level appears twice")
+    return parsed
+
+
+def _sweep_args(channel, bandwidth_text: str | None, loss_text: str | None, points: int | None):
+    """``("bandwidth" | "loss", [values])`` of a sweep, or ``None``."""
+    from kvcodec.simulate import lin_points, log_points
+    from kvcodec_sim import LinkSpecError, parse_probability
+
+    if bandwidth_text and loss_text:
+        raise InputError("give one sweep at a time: --sweep-bandwidth or --sweep-loss")
+    if points is not None and not (bandwidth_text or loss_text):
+        raise InputError("--sweep-points needs --sweep-bandwidth or --sweep-loss")
+    if bandwidth_text:
+        if channel.trace is not None:
+            raise InputError("--sweep-bandwidth replaces the link's bandwidth; a trace= sets it instead")
+        low, high = _range("--sweep-bandwidth", bandwidth_text, lambda t: _bandwidth("--sweep-bandwidth", t))
+        return "bandwidth", log_points(low, high, points or 13)
+    if loss_text:
+        def probability(t: str) -> float:
+            try:
+                p = parse_probability(t)
+            except (LinkSpecError, TypeError) as exc:
+                raise InputError(f"--sweep-loss: {str(exc).splitlines()[0]}") from None
+            if p >= 1:
+                raise InputError(f"--sweep-loss: a loss rate must be below 100%, got {t!r}")
+            return p
+
+        low, high = _range("--sweep-loss", loss_text, probability)
+        return "loss", lin_points(low, high, points or 9)
+    return None
+
+
+def _range(option: str, text: str, parse) -> tuple[float, float]:
+    low, sep, high = text.partition("..")
+    if not sep or not low.strip() or not high.strip():
+        raise InputError(f"{option} {text!r}: expected LOW..HIGH, e.g. 10Mbps..10Gbps or 0..20%")
+    lo, hi = parse(low.strip()), parse(high.strip())
+    if hi < lo:
+        raise InputError(f"{option} {text!r}: LOW is above HIGH")
+    return lo, hi
+
+
+def _load_profile(path: str, levels: list[str]):
+    from kvcodec_sim.receiver import ProfileError, ReceiverProfile
+
+    try:
+        profile = ReceiverProfile.load(path)
+    except ProfileError as exc:
+        raise InputError(str(exc)) from None
+    missing = [level for level in levels if not profile.has_level(level)]
+    if missing:
+        have = ", ".join(profile.codecs) or "none"
+        raise InputError(f"profile {path} has no codec timing for {', '.join(map(repr, missing))} (it has: {have}); "
+                         f"add them with kvcodec profile --level …")
+    return profile
+
+
+def _check_profile_model(profile, path: str, lm) -> None:
+    layers = lm.model.config.get_text_config().num_hidden_layers
+    if profile.model != lm.name or profile.layers != layers:
+        raise InputError(f"profile {path} was measured with {profile.model} ({profile.layers} layers), "
+                         f"not {lm.name} ({layers} layers)")
+
+
+def _write_text(path: str, text: str) -> None:
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def _run_sweep(prep, channel, sweep, options, status):
+    from kvcodec.simulate import sweep as run_sweep
+    from kvcodec.simulate import with_bandwidth, with_loss
+
+    kind, values = sweep
+    channels = [(v, with_bandwidth(channel, v) if kind == "bandwidth" else with_loss(channel, v)) for v in values]
+    status.update(f"sweeping {kind}: 0/{len(values)}")
+    return _sim_errors(run_sweep, prep, channels, options,
+                       on_point=lambda i: status.update(f"sweeping {kind}: {i}/{len(values)}"))
+
+
+def _sweep_columns(prep, points) -> list[str]:
+    names = [r.pipeline for r in points[0].rows]
+    return names + (["adaptive"] if points[0].adaptive is not None else [])
+
+
+def _sweep_json(prep, channel, sweep, options, points) -> dict:
+    kind, values = sweep
+    return {
+        "model": prep.model,
+        "context_tokens": prep.context_tokens,
+        "receiver": prep.receiver_source,
+        "channel": channel.describe(),
+        "sweep": kind,
+        "seed": options.seed,
+        "encode_ahead": options.encode_ahead,
+        "target_ttft_s": options.target_s,
+        "layers_per_chunk": prep.ranges[0][1] if prep.ranges else None,
+        "points": [p.to_json() for p in points],
+    }
+
+
+def _fmt_x(kind: str, x: float) -> str:
+    if kind == "loss":
+        return f"{x * 100:.3g} %"
+    for unit, scale in (("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)):
+        if x >= scale * 0.9995:  # log-spaced points land a hair below round values
+            return f"{x / scale:.3g} {unit}"
+    return f"{x:.3g} bit/s"
+
+
+def _row_ttft(r) -> float:
+    return r.stream_ttft_s if r.stream_ttft_s is not None else r.ttft_s
+
+
+def _print_sweep(prep, channel, sweep, options, points) -> None:
+    console = _wide_console()
+    kind, _ = sweep
+    streamed = prep.ranges is not None
+    base = (f"{prep.model} · {prep.context_tokens} context tokens · receiver: {prep.receiver_source} · "
+            f"{'streamed in chunks of ' + str(prep.ranges[0][1]) + ' layers · ' if streamed else ''}"
+            f"{'encode ahead · ' if options.encode_ahead else ''}seed {options.seed}")
+    names = [r.pipeline for r in points[0].rows]
+    ttft = Table(title=f"TTFT ms over {kind} · {base}", title_justify="left")
+    ttft.add_column(kind)
+    for name in names:
+        ttft.add_column(name + (" (stream)" if streamed and name != "text + recompute" else ""), justify="right")
+    if points[0].adaptive is not None:
+        ttft.add_column(f"adaptive (target {options.target_s * 1e3:g} ms)", justify="right")
+        ttft.add_column("hindsight", justify="right")
+    for p in points:
+        cells = [_fmt_x(kind, p.x)] + [f"{_row_ttft(r) * 1e3:,.0f}" for r in p.rows]
+        if p.adaptive is not None:
+            a = p.adaptive
+            mark = "" if a.met else " ✗"
+            what = "text" if a.mode == "text" else "/".join(sorted(set(a.level_names()), key=a.level_names().index))
+            cells.append(f"{a.ttft_s * 1e3:,.0f}{mark} ({what})")
+            h = a.hindsight.best if a.hindsight else None
+            cells.append("—" if h is None else f"{h.ttft_s * 1e3:,.0f}{'' if h.met else ' ✗'}")
+        ttft.add_row(*cells)
+    console.print(ttft)
+    if kind == "loss":
+        good = Table(title=f"goodput Mbit/s / retransmissions of one payload over loss · {channel.describe().split(';')[0]}",
+                     title_justify="left")
+        good.add_column("loss")
+        for name in names:
+            good.add_column(name, justify="right")
+        for p in points:
+            good.add_row(_fmt_x(kind, p.x), *[f"{r.goodput_bps / 1e6:,.1f} / {r.retransmissions:,}" for r in p.rows])
+        console.print(good)
+    console.print(
+        f"Channel: {channel.describe()} ({'bandwidth' if kind == 'bandwidth' else 'loss in both directions'} "
+        f"replaced at each point). TTFT counts {'' if options.encode_ahead else 'the sender encode, '}delivery, decode "
+        f"and the question prefill (text row: the prefill from text)"
+        f"{'; KV rows streamed (specs/streaming.md §4)' if streamed else ''}. ✗: misses the target."
+    )
+
+
+@cli.command()
+@model_option
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="profile JSON to write")
+@click.option("--tokens", "tokens_text", default=",".join(map(str, (128, 256, 512, 1024, 2048, 4096))),
+              show_default=True, help="context lengths to measure: a comma list")
+@click.option("--level", "levels", multiple=True, help="codec level (pipeline spec) to time (repeatable; default: a standard set)")
+@click.option("--repeats", type=click.IntRange(1, 100), default=3, show_default=True, help="runs per measurement (median)")
+@click.option("--context", "context_file", default=None, help="UTF-8 text file to prefill (default: embedded prose)")
+@click.option("--question", default=None, help="question the receiver asks (default: embedded)")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None, help="CPU threads for torch (default: torch's choice)")
+@device_option
+@dtype_option
+def profile(model, out_path, tokens_text, levels, repeats, context_file, question, threads, device, dtype):
+    """Measure this machine as a receiver (prefill from text, question prefill per layer on
+    a received cache, codec encode/decode) and write the profile JSON that
+    `kvcodec simulate --profile` reads."""
+    from kvcodec.profile import PROFILE_LEVELS, measure_profile, write_profile
+
+    grid = _token_grid(tokens_text)
+    parsed = _pipelines(levels or PROFILE_LEVELS)
+    _check_output_path(out_path)
+    context = _text_file(context_file, "default_context.txt")
+    if not context.strip():
+        raise InputError(f"context file {context_file} is empty")
+    question = question or _read_default("default_question.txt")
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    lm = _load(model, device, dtype)
+    _check_against_model(lm, parsed, max(grid))
+    with err_console.status("profiling…") as status:
+        data = measure_profile(lm, tokens=grid, levels=[p.describe() for p in parsed], repeats=repeats,
+                               context=context, question=question, on_step=status.update)
+    write_profile(data, out_path)
+    click.echo(f"wrote {out_path}: {data['model']} on {data['device_name']}, {len(grid)} points, "
+               f"{len(data['codecs'])} levels")
+
+
+def _token_grid(text: str) -> list[int]:
+    try:
+        grid = sorted({int(t) for t in text.split(",") if t.strip()})
+    except ValueError:
+        raise InputError(f"--tokens {text!r}: expected a comma list of whole numbers, e.g. 128,512,2048") from None
+    if not grid or grid[0] < 16:
+        raise InputError(f"--tokens {text!r}: every length must be at least 16 tokens")
+    return grid
+
+
+def _check_output_path(path: str) -> None:
+    """Reject an output path that is a folder or whose folder does not exist (exit 2)."""
+    target = Path(path)
+    if target.is_dir():
+        raise InputError(f"output path {path} is a folder")
+    if not target.parent.is_dir():
+        raise InputError(f"cannot write {path}: folder {target.parent} does not exist")
 
 
 def _wide_console() -> Console:
@@ -168,18 +531,29 @@ def _wide_console() -> Console:
 
 def _print_report(report) -> None:
     console = _wide_console()
-    link = report.link
+    link, channel = report.link, report.channel
+    lossy = not channel.is_lossless or channel.jitter.mean_s > 0 or channel.trace is not None
+    streamed = report.layers_per_chunk is not None
+    target = report.options.target_s
     title = (
         f"{report.model} · {report.context_tokens} context tokens · {report.dtype} on {report.device} · "
         f"link {link.bandwidth_bps / 1e6:g} Mbit/s, {link.latency_s * 1e3:g} ms, MTU {link.mtu_bytes} B, "
         f"{link.header_bytes} B/packet header"
     )
     table = Table(title=title, title_justify="left")
-    for col in ("pipeline", "bytes", "× FP16", "bits/elem", "rel. error", "encode ms", "decode ms",
-                "transfer ms", "receiver ms", "TTFT ms", "same answer"):
+    columns = ["pipeline", "bytes", "× FP16", "bits/elem", "rel. error", "encode ms", "decode ms", "transfer ms"]
+    if lossy:
+        columns += ["goodput Mbit/s", "retx"]
+    columns += ["receiver ms", "TTFT ms"]
+    if streamed:
+        columns += ["stream TTFT ms"]
+    if target is not None:
+        columns += [f"≤ {target * 1e3:g} ms"]
+    columns += ["same answer"]
+    for col in columns:
         table.add_column(col, justify="left" if col == "pipeline" else "right")
     for r in report.rows:
-        table.add_row(
+        cells = [
             r.pipeline,
             f"{r.bytes:,}",
             f"{r.ratio_fp16:.3f}",
@@ -188,23 +562,65 @@ def _print_report(report) -> None:
             f"{r.encode_s * 1e3:.0f}",
             f"{r.decode_s * 1e3:.0f}",
             f"{r.transfer_s * 1e3:.1f}",
-            f"{r.receiver_s * 1e3:.0f}",
-            f"{r.ttft_s * 1e3:.0f}",
-            "yes" if r.same_answer else "no",
-        )
+        ]
+        if lossy:
+            cells += [f"{r.goodput_bps / 1e6:.1f}", f"{r.retransmissions:,}"]
+        cells += [f"{r.receiver_s * 1e3:.0f}", f"{r.ttft_s * 1e3:.0f}"]
+        if streamed:
+            cells += ["—" if r.stream_ttft_s is None else f"{r.stream_ttft_s * 1e3:.0f}"]
+        if target is not None:
+            cells += ["yes" if r.met_target else "no"]
+        cells += ["yes" if r.same_answer else "no"]
+        table.add_row(*cells)
     console.print(table)
+    if report.receiver_source == "measured in this run":
+        receiver = f"this machine ({report.device}, {report.dtype}), measured in this run"
+    else:
+        receiver = f"profile {report.receiver_source}"
     console.print(
-        f"Receiver compute model: this machine ({report.device}, {report.dtype}), measured in this run: "
+        f"Channel: {channel.describe()}; seed {report.options.seed}. Receiver compute model: {receiver}: "
         f"question prefill on a received cache {report.prefill_question_s * 1e3:.0f} ms; prefill of context + "
-        f"question from text {report.prefill_full_s * 1e3:.0f} ms. TTFT = encode + transfer + decode + receiver; "
-        f"transfer = SimPy link delivery of len(payload) bytes (payload + {link.header_bytes} B per packet, "
-        f"+ {link.latency_s * 1e3:g} ms propagation)."
+        f"question from text {report.prefill_full_s * 1e3:.0f} ms. TTFT = "
+        f"{'' if report.options.encode_ahead else 'encode + '}transfer + decode + receiver; transfer = in-order "
+        f"delivery of len(payload) bytes (payload + {link.header_bytes} B per packet, "
+        f"+ {link.latency_s * 1e3:g} ms propagation; selective-repeat ARQ when packets can be lost)."
+        + (f" Stream TTFT: chunks of {report.layers_per_chunk} layers, decode and prefill of each chunk as it "
+           f"arrives (specs/streaming.md §4)." if streamed else "")
     )
+    if report.adaptive is not None:
+        _print_adaptive(console, report.adaptive)
     console.print(f"Question: {report.question}")
     console.print(f"Answer from the uncompressed cache: {report.reference_answer!r}")
     for r in report.rows:
         if not r.same_answer:
             console.print(f"  {r.pipeline}: {r.answer!r}")
+
+
+def _print_adaptive(console, a) -> None:
+    plan = a.plan
+    names = [lv.name for lv in plan.levels]
+    table = Table(title=f"Adaptive stream · levels best first: {' > '.join(names)} · target {plan.target_s * 1e3:g} ms"
+                        f" · sender ready at {plan.start_s * 1e3:.0f} ms", title_justify="left")
+    for col in ["chunk", "layers", "decided ms", "estimate Mbit/s"] + [f"pred. {n} ms" for n in names] + ["chosen"]:
+        table.add_column(col, justify="left" if col in ("chunk", "chosen") else "right")
+    for d in a.decisions:
+        first, count = plan.first_layers[d.chunk], plan.layer_counts[d.chunk]
+        table.add_row(str(d.chunk), f"{first}–{first + count - 1}", f"{d.time_s * 1e3:.0f}", f"{d.estimate_bps / 1e6:.1f}",
+                      *[f"{p * 1e3:.0f}" for p in d.predicted_s],
+                      names[d.level] + ("" if d.feasible else " (none feasible)"))
+    console.print(table)
+    verdict = "met" if a.met else "MISSED"
+    chosen = "text + recompute" if a.mode == "text" else ", ".join(a.level_names())
+    text = "" if a.predicted_text_s is None else f", text + recompute {a.predicted_text_s * 1e3:.0f} ms"
+    console.print(f"Adaptive: predicted at the start: stream {a.predicted_kv_s * 1e3:.0f} ms{text} → sent {chosen}; "
+                  f"TTFT {a.ttft_s * 1e3:.0f} ms, target {verdict}.")
+    if a.hindsight is not None:
+        h = a.hindsight.best
+        what = "text + recompute" if h.mode == "text" else ", ".join(a.level_names(h))
+        console.print(f"Hindsight optimum ({a.hindsight.method}, {a.hindsight.candidates} candidates, same channel "
+                      f"and seed): {what}; TTFT {h.ttft_s * 1e3:.0f} ms, target {'met' if h.met else 'missed'}; "
+                      f"quality score {h.score:.2f} vs the controller's {a.choice.score:.2f} (mean level rank by "
+                      f"layers, 0 = best level, −1 = text).")
 
 
 @cli.command()

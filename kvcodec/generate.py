@@ -6,14 +6,31 @@ batch of several decoded caches stacked with :meth:`KVCache.stack` — by prefil
 receiver's tokens at the right positions: ``greedy`` / ``greedy_batch`` decode an answer,
 ``answer_nll`` scores a gold answer by teacher forcing, ``choice_logits`` reads the
 logits of answer letters. None of them modifies the cache it is given.
+
+**Selected caches.** After token selection a layer stores fewer tokens than it has seen, at
+explicit (possibly per-KV-head) positions. Rotary embeddings are already in the stored
+keys, and new tokens take positions ``seen_tokens, seen_tokens + 1, …`` (explicit
+``position_ids``), so full-attention layers need nothing else: every stored token is in
+the past of every new one, and transformers' causal mask only orders the new tokens
+among themselves. Sliding-window layers do: the model must not attend to a stored token
+whose position has left the window, which transformers decides from the stored tokens'
+*count* (it assumes they are the last ``min(seen_tokens, window − 1)``). When a sliding
+layer holds anything else (or layers of one type hold different counts), the receiver
+therefore runs with a position-aware attention (:func:`positioned_attention`): plain
+DynamicCache layers without eviction, and a mask built per layer and KV head from the
+true positions — query ``p`` sees key ``k`` iff ``k ≤ p`` and, in a sliding layer of
+window ``W``, ``k > p − W`` (transformers' rule). ``specs/selectors.md`` §7.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import attrs
 import torch
 
-from kvcodec.cache import KVCache
+from kvcodec.cache import SLIDING_ATTENTION, KVCache
 
 
 @attrs.frozen
@@ -37,10 +54,133 @@ def prefill(model, input_ids: list[int] | torch.Tensor) -> KVCache:
 
 def _forward(model, cache: KVCache, ids: torch.Tensor, start: int, dyn=None):
     """One forward pass of ``ids`` ``[B, S]`` at positions ``start …`` on top of ``cache``."""
-    dyn = dyn if dyn is not None else cache.to(device=model.device).to_dynamic_cache()
+    if dyn is None:
+        if needs_positioned_attention(cache):
+            dyn = _Positioned.of(model, cache)
+        else:
+            dyn = cache.to(device=model.device).to_dynamic_cache()
     positions = torch.arange(start, start + ids.shape[1], device=model.device).unsqueeze(0).expand(ids.shape[0], -1)
-    out = model(input_ids=ids, cache=dyn, position_ids=positions, use_cache=True)
+    if isinstance(dyn, _Positioned):
+        if start != dyn.start + dyn.cache.layers[0].keys.shape[-2] - dyn.rows[0].shape[-1]:
+            raise ValueError(f"position-aware receiver: tokens must follow each other (got position {start})")
+        with _positioned(model, dyn):
+            out = model(input_ids=ids, cache=dyn.cache, position_ids=positions, use_cache=True)
+    else:
+        out = model(input_ids=ids, cache=dyn, position_ids=positions, use_cache=True)
     return out.logits, dyn
+
+
+# ------------------------------------------------------------------ position-aware attention
+POSITIONED_ATTENTION = "kvcodec_positioned"
+_ACTIVE: contextvars.ContextVar["_Positioned | None"] = contextvars.ContextVar("kvcodec_positioned", default=None)
+
+
+def needs_positioned_attention(cache: KVCache) -> bool:
+    """True when transformers' masks would be wrong for ``cache``: a sliding-window layer
+    that does not store exactly what transformers assumes — the last
+    ``min(seen_tokens, sliding_window − 1)`` tokens — or layers of one attention type that
+    store different numbers of tokens (transformers builds one mask per type)."""
+    counts: dict[str, set[int]] = {}
+    for layer in cache:
+        if layer.layer_type == SLIDING_ATTENTION and (
+            layer.seq_len != min(layer.seen_tokens, layer.sliding_window - 1) or not layer.has_contiguous_positions
+        ):
+            return True
+        counts.setdefault(layer.layer_type, set()).add(layer.seq_len)
+    return any(len(c) > 1 for c in counts.values())
+
+
+@attrs.frozen(eq=False)
+class _Positioned:
+    """The receiver's state in position-aware mode: a DynamicCache without eviction, the
+    stored tokens' positions per layer (``[1 or kv_heads, seq_len]`` on the model's
+    device), each layer's sliding window (or ``None``) and the first new position."""
+
+    cache: object
+    rows: tuple[torch.Tensor, ...]
+    windows: tuple[int | None, ...]
+    start: int
+
+    @classmethod
+    def of(cls, model, cache: KVCache) -> "_Positioned":
+        from transformers.cache_utils import DynamicCache, DynamicLayer
+
+        cache = cache.to(device=model.device)
+        layers = []
+        for layer in cache:
+            dyn = DynamicLayer()
+            dyn.lazy_initialization(layer.keys, layer.values)
+            dyn.keys, dyn.values = layer.keys, layer.values
+            layers.append(dyn)
+        dyn_cache = DynamicCache()
+        dyn_cache.layers = layers
+        dyn_cache.layer_class_to_replicate = None
+        rows = tuple(l.positions if l.positions.dim() == 2 else l.positions.unsqueeze(0) for l in cache)
+        windows = tuple(l.sliding_window if l.layer_type == SLIDING_ATTENTION else None for l in cache)
+        return cls(dyn_cache, rows, windows, _start(cache))
+
+
+def positioned_mask(cached: torch.Tensor, start: int, kv_len: int, q_len: int, window: int | None) -> torch.Tensor:
+    """Boolean ``[R, q_len, kv_len]``: may query ``i`` attend to key ``j``?
+
+    ``cached`` ``[R, s]`` holds the positions of the ``s`` stored keys (one row per KV head
+    or one shared row); keys ``s …`` are new tokens at positions ``start, start + 1, …``
+    and the queries are the last ``q_len`` of them. A query at ``p`` sees a key at ``k``
+    iff ``k ≤ p`` and, with a sliding ``window``, ``k > p − window``.
+    """
+    new = torch.arange(start, start + kv_len - cached.shape[-1], device=cached.device)
+    keys = torch.cat([cached, new.expand(cached.shape[0], -1)], dim=-1)[:, None, :]
+    queries = new[new.numel() - q_len :][None, :, None]
+    allowed = keys <= queries
+    if window is not None:
+        allowed &= keys > queries - window
+    return allowed
+
+
+def positioned_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None, **kwargs):
+    """An attention function for transformers' ``AttentionInterface`` that masks by the true
+    token positions of the active :class:`_Positioned` state (see the module docstring);
+    the attention itself is ``torch``'s scaled dot-product attention (softmax with
+    ``softcap`` in plain torch when a model caps its logits)."""
+    state = _ACTIVE.get()
+    if state is None:
+        raise RuntimeError("positioned attention runs only inside the kvcodec receiver")
+    index = module.layer_idx
+    heads = query.shape[1]
+    allowed = positioned_mask(state.rows[index], state.start, key.shape[-2], query.shape[-2], state.windows[index])
+    if allowed.shape[0] > 1:
+        allowed = allowed.repeat_interleave(heads // allowed.shape[0], dim=0)
+    mask = allowed.unsqueeze(0)
+    group = heads // key.shape[1]
+    if group > 1:
+        key, value = key.repeat_interleave(group, dim=1), value.repeat_interleave(group, dim=1)
+    if softcap is None:
+        out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling)
+    else:
+        scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+        logits = torch.tanh(query @ key.transpose(-1, -2) * scale / softcap) * softcap
+        probs = logits.masked_fill(~mask, float("-inf")).softmax(-1, dtype=torch.float32).to(query.dtype)
+        out = probs @ value
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(POSITIONED_ATTENTION, positioned_attention)
+
+
+@contextlib.contextmanager
+def _positioned(model, state: _Positioned):
+    _register()
+    before = model.config._attn_implementation
+    token = _ACTIVE.set(state)
+    model.set_attn_implementation(POSITIONED_ATTENTION)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
+        _ACTIVE.reset(token)
 
 
 def _start(cache: KVCache) -> int:

@@ -4,7 +4,11 @@ For every sample:
 
 1. the sender prefills the task's **context** once and gets its KV cache;
 2. for every pipeline the cache really goes through the codec chain: encode → bytes →
-   decode (``bytes`` in a record is ``len()`` of that payload);
+   decode (``bytes`` in a record is ``len()`` of that payload). When a pipeline's token
+   selector reads attention (``q2c``, ``snapkv``, ``h2o``), the sender first computes the
+   statistics they ask for once per sample (one eager prefill of context + question,
+   :mod:`kvcodec.attention`) and hands them, with the question's token ids, to the cache
+   stages as their ``context``;
 3. the receiver appends the **query** to each decoded cache — all pipelines of a sample
    plus the uncoded full-precision cache (the ``"full"`` baseline) run as one batch —
    and decodes greedily (or reads the choice letters' logits for multiple choice);
@@ -12,7 +16,10 @@ For every sample:
 5. one record per (sample, pipeline) is appended to the results file.
 
 The baseline is computed once per sample and shared by all pipelines; a rerun skips every
-record already in the results file.
+record already in the results file. A record's ``elements`` is the number of key and value
+elements of the *full* sender cache, also for a token selector that sends fewer, so that
+``bits_per_element`` (``8 · bytes / elements``) compares pipelines at the same scale:
+bits spent per element of the cache being replaced.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from typing import Callable, Sequence
 
 import attrs
 
+from kvcodec.attention import attention_requests, attention_scores
 from kvcodec.cache import KVCache
 from kvcodec.generate import answer_nll, choice_logits, greedy_batch, prefill
 from kvcodec.pipeline import Pipeline
@@ -88,6 +96,20 @@ def _predict(lm, task, caches: list[KVCache], prompt, letters: str, settings: Se
     return out
 
 
+def _selector_context(lm, prompt, pipelines: Sequence[Pipeline]) -> dict | None:
+    """What the cache stages of ``pipelines`` read (``CacheStage.apply``'s ``context``):
+    ``question_ids``, plus ``attention`` — the sender's attention statistics
+    (:func:`kvcodec.attention.attention_scores`) — when a stage asks for some; ``None``
+    when no pipeline has a cache stage."""
+    if not any(p.cache_stages for p in pipelines):
+        return None
+    context: dict = {"question_ids": list(prompt.question_ids)}
+    requests = attention_requests(pipelines)
+    if requests:
+        context["attention"] = attention_scores(lm.model, prompt.context_ids, prompt.question_ids, requests)
+    return context
+
+
 def _same(task, a: str, b: str) -> bool:
     return a == b if task.kind == "choice" else normalize_answer(a) == normalize_answer(b)
 
@@ -125,6 +147,7 @@ def evaluate(
     prov = provenance(lm, settings.seed)
     dtype = prov["dtype"]
     names = [p.describe() for p in pipelines]
+    by_name = dict(zip(names, pipelines))
     base = {
         "model": lm.name,
         "model_sha256": lm.sha256,
@@ -198,9 +221,10 @@ def evaluate(
             t0 = time.perf_counter()
             prompt = task_prompt(lm.tokenizer, task, sample, chat=lm.chat)
             cache = prefill(lm.model, prompt.context_ids).to(device="cpu")
+            context = _selector_context(lm, prompt, [by_name[n] for n in todo])
             clock["prefill"] += time.perf_counter() - t0
             specs = ["identity", "fp16", *todo]
-            trips = tripper.submit(cache, specs, keep=[False, False] + [True] * len(todo))
+            trips = tripper.submit(cache, specs, keep=[False, False] + [True] * len(todo), context=context)
             pending.append(_Pending(sample, prompt, cache, full_record, todo, trips))
             while len(pending) > lookahead:
                 finish(pending.popleft())

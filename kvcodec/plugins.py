@@ -29,6 +29,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "kvcodec_builtins.delta",
     "kvcodec_builtins.lowrank",
     "kvcodec_builtins.entropy",
+    "kvcodec_builtins.select",
     "kvcodec_builtins.progressive",
 )
 

@@ -10,7 +10,11 @@ worker runs exactly :func:`round_trip`.
 
 Caches travel between processes as raw arrays (:func:`cache_to_arrays` /
 :func:`cache_from_arrays`: each tensor's bytes as a uint8 numpy array plus its dtype and
-shape); the bytes a pipeline transmits are still ``len()`` of the payload it produced.
+shape); the bytes a pipeline transmits are still ``len()`` of the payload it produced. A
+job's ``context`` (what cache stages read, e.g. the sender's attention statistics for
+token selectors, :mod:`kvcodec.attention`) travels the same way
+(:func:`context_to_arrays` / :func:`context_from_arrays`: dicts, lists and tuples of
+tensors, numbers and strings).
 """
 
 from __future__ import annotations
@@ -26,7 +30,15 @@ import torch
 from kvcodec import api
 from kvcodec.cache import KVCache, LayerKV
 
-__all__ = ["RoundTrip", "RoundTripper", "round_trip", "cache_to_arrays", "cache_from_arrays"]
+__all__ = [
+    "RoundTrip",
+    "RoundTripper",
+    "round_trip",
+    "cache_to_arrays",
+    "cache_from_arrays",
+    "context_to_arrays",
+    "context_from_arrays",
+]
 
 
 @attrs.frozen(eq=False)
@@ -103,12 +115,49 @@ def cache_from_arrays(layers: list[dict[str, Any]]) -> KVCache:
     )
 
 
+@attrs.frozen(eq=False)
+class _Array:
+    """A tensor of a job's context on its way to a worker (see :func:`_tensor_to_array`)."""
+
+    item: tuple[np.ndarray, str, tuple[int, ...]]
+
+
+def context_to_arrays(context: Any) -> Any:
+    """``context`` with every tensor replaced by its raw array, for another process: dicts
+    (string keys), lists and tuples are walked; ``None``, bools, numbers and strings pass.
+
+    Raises:
+        TypeError: for anything else.
+    """
+    if isinstance(context, torch.Tensor):
+        return _Array(_tensor_to_array(context))
+    if isinstance(context, dict):
+        return {str(k): context_to_arrays(v) for k, v in context.items()}
+    if isinstance(context, (list, tuple)):
+        return type(context)(context_to_arrays(v) for v in context)
+    if context is None or isinstance(context, (bool, int, float, str)):
+        return context
+    raise TypeError(f"a round-trip context cannot carry a {type(context).__name__} to a worker process")
+
+
+def context_from_arrays(data: Any) -> Any:
+    """Inverse of :func:`context_to_arrays` (CPU tensors)."""
+    if isinstance(data, _Array):
+        return _tensor_from_array(data.item)
+    if isinstance(data, dict):
+        return {k: context_from_arrays(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return type(data)(context_from_arrays(v) for v in data)
+    return data
+
+
 def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
 def _worker_job(arrays, jobs: list[tuple[str, bool]], context) -> list[tuple[str, int, Any]]:
     cache = cache_from_arrays(arrays)
+    context = context_from_arrays(context)
     out = []
     for spec, keep in jobs:
         try:
@@ -169,7 +218,8 @@ class RoundTripper:
     def submit(
         self, cache: KVCache, specs: Sequence[str], keep: Sequence[bool] | None = None, context: dict[str, Any] | None = None
     ) -> list[cf.Future]:
-        """Start one round trip of ``cache`` per spec (``keep[i]``: decode it too)."""
+        """Start one round trip of ``cache`` per spec (``keep[i]``: decode it too);
+        ``context`` goes to the cache stages of every spec."""
         keep = [True] * len(specs) if keep is None else list(keep)
         if self._pool is None:
             futures = []
@@ -183,10 +233,11 @@ class RoundTripper:
             return futures
         # the cache crosses to each worker once: specs are dealt round-robin, one job per worker
         arrays = cache_to_arrays(cache)
+        shipped = context_to_arrays(context)
         jobs = [list(range(i, len(specs), self.workers)) for i in range(min(self.workers, len(specs)))]
         futures: list[cf.Future] = [None] * len(specs)  # type: ignore[list-item]
         for idx in jobs:
-            chunk = self._pool.submit(_worker_job, arrays, [(specs[i], keep[i]) for i in idx], context)
+            chunk = self._pool.submit(_worker_job, arrays, [(specs[i], keep[i]) for i in idx], shipped)
             for i, f in zip(idx, _split(chunk, len(idx))):
                 futures[i] = f
         return futures

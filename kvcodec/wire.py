@@ -214,8 +214,13 @@ class _Writer:
             self.buf += bytes(enc.data)
 
 
+def _increasing(positions: torch.Tensor) -> bool:
+    """True when every row of ``positions`` (``[T]`` or ``[H, T]``) is strictly increasing."""
+    return positions.shape[-1] < 2 or bool((positions[..., 1:] > positions[..., :-1]).all())
+
+
 def _check_limits(payload: Payload) -> None:
-    """A writer MUST NOT produce what a reader rejects (wire-format.md §7)."""
+    """A writer MUST NOT produce what a reader rejects (wire-format.md §6.2, §7)."""
 
     def within(what: str, value: int, lo: int, hi: int) -> None:
         if not lo <= value <= hi:
@@ -236,6 +241,16 @@ def _check_limits(payload: Payload) -> None:
         if layer.layer_type == SLIDING_ATTENTION:
             within(f"layer {i} sliding window", layer.sliding_window or 0, 1, MAX_SEQ)
             within(f"layer {i} seq_len", layer.seq_len, 1, layer.sliding_window)
+        if layer.positions is not None:
+            p = layer.positions
+            if p.shape not in ((layer.seq_len,), (layer.kv_heads, layer.seq_len)):
+                raise CodecError(f"cannot be sent: layer {i} positions have shape {tuple(p.shape)}")
+            if p.numel() and (int(p.min()) < 0 or int(p.max()) >= layer.seen_tokens):
+                raise CodecError(f"cannot be sent: layer {i} has token positions outside 0..{layer.seen_tokens - 1}")
+            if not _increasing(p):
+                raise CodecError(
+                    f"cannot be sent: layer {i} token positions are not strictly increasing (sorted, distinct) within each head"
+                )
 
 
 def dump(payload: Payload) -> bytes:
@@ -549,6 +564,8 @@ def _read_layer(r: _Reader, index: int, header: Header) -> EncodedLayer:
             positions = positions.reshape(heads, seq)
         if bool((positions < 0).any()) or bool((positions >= seen).any()):
             raise DecodeError(f"{r.where}: token positions outside 0..{seen - 1}")
+        if not _increasing(positions):
+            raise DecodeError(f"{r.where}: token positions are not strictly increasing (sorted, distinct) within each head")
     elif mode != POS_CONTIGUOUS:
         raise DecodeError(f"{r.where}: unknown positions mode {mode}")
     keys = _read_block(r, header.chains, "keys")

@@ -137,9 +137,10 @@ class ProgressiveQuantizer(TensorStage):
         return Codes(grouping.merge(q).to(Codes.storage_dtype(self.bits)), self.bits), side
 
     def error_bound(self, x: torch.Tensor, side: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """``r / 2^(bits+1) + 2^-21 · (|x| + |z| + r)`` per element (float64, shape of ``x``),
-        ``z`` and ``r`` the element's group min and range: half a bin, plus float32
-        rounding in encode and decode (``specs/progressive.md`` §4.3)."""
+        """``r / 2^(bits+1) + 2^-21 · (|x| + |z| + r) + 2^-146`` per element (float64, shape
+        of ``x``), ``z`` and ``r`` the element's group min and range: half a bin, plus
+        float32 rounding in encode and decode, relative for normal numbers and a few units of
+        the smallest subnormal (2^-149) below them (``specs/progressive.md`` §4.3)."""
         grouping = self.grouping(tuple(x.shape))
 
         def per_element(stat: torch.Tensor) -> torch.Tensor:
@@ -147,7 +148,7 @@ class ProgressiveQuantizer(TensorStage):
 
         r = per_element(side["range"])
         z = per_element(side["min"]).abs()
-        return r * 2.0 ** -(self.bits + 1) + 2.0**-21 * (x.double().abs() + z + r)
+        return r * 2.0 ** -(self.bits + 1) + 2.0**-21 * (x.double().abs() + z + r) + 2.0**-146
 
     def side_info(self, side: Mapping[str, torch.Tensor], shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """Validated ``(min, range)`` as float32 for codes of ``shape`` ``[B,H,T,D]``.
