@@ -39,12 +39,11 @@ from kvcodec import api
 from kvcodec.cache import KVCache
 from kvcodec.errors import DecodeError
 from kvcodec.generate import answer_nll, choice_logits, greedy, greedy_batch, prefill
-from kvcodec.harness import LETTERS, Settings
+from kvcodec.harness import LETTERS, Settings, make_record
 from kvcodec.pipeline import Pipeline
 from kvcodec.progressive import ProgressiveDecoder, ProgressiveStream, encode_planes, plane_schedule, stream_bits
 from kvcodec.prompts import task_prompt
 from kvcodec.results import FULL, ResultsFile, provenance, record_key
-from kvcodec.scoring import normalize_answer
 
 __all__ = [
     "CONFIDENCE",
@@ -262,10 +261,6 @@ class AdaptiveRunStats:
     planes: dict[str, list[int]]
 
 
-def _same(task, a: str, b: str) -> bool:
-    return a == b if task.kind == "choice" else normalize_answer(a) == normalize_answer(b)
-
-
 def _receive(lm, task, caches: list[KVCache], prompt, letters: str, settings: Settings) -> list[tuple[str, float | None, float]]:
     """(prediction, answer NLL, confidence) for every cache, as batches of ``settings.batch_size``."""
     out: list[tuple[str, float | None, float]] = []
@@ -391,24 +386,9 @@ def evaluate_adaptive(
         elements = cache.num_elements
 
         def record(name: str, pred: str, nll: float | None, nbytes: int) -> dict:
-            scores = task.score(pred, sample)
-            return {
-                **base,
-                "sample_id": sample.id,
-                "pipeline": name,
-                "prediction": pred,
-                "scores": scores,
-                "score": scores[task.primary_metric],
-                "agree": _same(task, pred, full_pred),
-                "nll": nll,
-                "delta_nll": None if nll is None or full_nll is None else nll - full_nll,
-                "bytes": nbytes,
-                "fp16_bytes": fp16_bytes,
-                "elements": elements,
-                "bits_per_element": 8 * nbytes / elements,
-                "context_tokens": len(prompt.context_ids),
-                "provenance": prov,
-            }
+            return make_record(base, task, sample, prompt, pipeline=name, prediction=pred, nll=nll,
+                               full=(full_pred, full_nll), nbytes=nbytes, fp16_bytes=fp16_bytes, elements=elements,
+                               provenance=prov)
 
         new = []
         if full_record is None:

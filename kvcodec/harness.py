@@ -114,6 +114,35 @@ def _same(task, a: str, b: str) -> bool:
     return a == b if task.kind == "choice" else normalize_answer(a) == normalize_answer(b)
 
 
+def make_record(
+    base: dict, task, sample, prompt, *, pipeline: str, prediction: str, nll: float | None,
+    full: tuple[str, float | None], nbytes: int, fp16_bytes: int, elements: int, provenance: dict,
+) -> dict:
+    """One results record (``specs/tasks.md``): ``base`` (model, dtype, task, options,
+    generation length) plus the sample's prediction, scores, agreement with the full
+    cache's prediction ``full[0]``, NLL and ΔNLL against ``full[1]`` (nats per answer
+    token), and ``nbytes`` transmitted bytes against the cache's ``elements``."""
+    full_prediction, full_nll = full
+    scores = task.score(prediction, sample)
+    return {
+        **base,
+        "sample_id": sample.id,
+        "pipeline": pipeline,
+        "prediction": prediction,
+        "scores": scores,
+        "score": scores[task.primary_metric],
+        "agree": _same(task, prediction, full_prediction),
+        "nll": nll,
+        "delta_nll": None if nll is None or full_nll is None else nll - full_nll,
+        "bytes": nbytes,
+        "fp16_bytes": fp16_bytes,
+        "elements": elements,
+        "bits_per_element": 8 * nbytes / elements,
+        "context_tokens": len(prompt.context_ids),
+        "provenance": provenance,
+    }
+
+
 @attrs.frozen(eq=False)
 class _Pending:
     """A sample whose cache is on its way through the pipelines."""
@@ -179,28 +208,11 @@ def evaluate(
         else:
             full_pred, full_nll = p.full_record["prediction"], p.full_record.get("nll")
         elements = p.cache.num_elements
-        new = []
-        for (name, _, nbytes), (pred, nll) in zip(rows, outcomes):
-            scores = task.score(pred, sample)
-            new.append(
-                {
-                    **base,
-                    "sample_id": sample.id,
-                    "pipeline": name,
-                    "prediction": pred,
-                    "scores": scores,
-                    "score": scores[task.primary_metric],
-                    "agree": _same(task, pred, full_pred),
-                    "nll": nll,
-                    "delta_nll": None if nll is None or full_nll is None else nll - full_nll,
-                    "bytes": nbytes,
-                    "fp16_bytes": fp16_bytes,
-                    "elements": elements,
-                    "bits_per_element": 8 * nbytes / elements,
-                    "context_tokens": len(prompt.context_ids),
-                    "provenance": prov,
-                }
-            )
+        new = [
+            make_record(base, task, sample, prompt, pipeline=name, prediction=pred, nll=nll, full=(full_pred, full_nll),
+                        nbytes=nbytes, fp16_bytes=fp16_bytes, elements=elements, provenance=prov)
+            for (name, _, nbytes), (pred, nll) in zip(rows, outcomes)
+        ]
         results.append(new)
         counts["written"] += len(new)
         if on_sample:
