@@ -11,24 +11,11 @@ the least any serializer must do. Prints MB/s of input and the ratio to the base
 import argparse
 import time
 
-import torch
-
 import kvcodec
-from kvcodec import KVCache, LayerKV
+from _caches import synthetic_cache  # benchmarks/_caches.py (run as scripts: this folder is on sys.path)
 
 PIPELINES = ("identity", "fp16", "int8", "int4", "int4:axis=channel", "k=int4:axis=channel v=int4",
              "int3:group=32", "int2:axis=channel,group=32", "sign")
-
-
-def synthetic_cache(tokens: int, layers: int = 30, heads: int = 3, head_dim: int = 64) -> KVCache:
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for _ in range(layers):
-        k = torch.randn(1, heads, tokens, head_dim, generator=g)
-        k[..., :4] *= 20  # outlier channels, as real keys have
-        v = torch.randn(1, heads, tokens, head_dim, generator=g)
-        out.append(LayerKV.contiguous(k, v))
-    return KVCache(out)
 
 
 def best(fn, repeat):

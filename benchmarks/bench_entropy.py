@@ -32,24 +32,14 @@ from pathlib import Path
 import torch
 
 import kvcodec
-from kvcodec import KVCache, LayerKV, bitpack, wire
+from kvcodec import KVCache, bitpack, wire
 from kvcodec.codec import Codes
 from kvcodec.pipeline import Pipeline
 from kvcodec_builtins.entropy import entropy_bits
+from _caches import synthetic_cache  # benchmarks/_caches.py (run as scripts: this folder is on sys.path)
 
 QUANTIZERS = ("int4", "int4:axis=channel", "int3", "int3:axis=channel")
 CODERS = ("", "+ans", "+ans:context=channel", "+zstd", "+cdelta:mode=seq+ans")
-
-
-def synthetic_cache(tokens: int, layers: int = 30, heads: int = 3, head_dim: int = 64) -> KVCache:
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for _ in range(layers):
-        k = torch.randn(1, heads, tokens, head_dim, generator=g)
-        k[..., :4] *= 20  # outlier channels, as real keys have
-        v = torch.randn(1, heads, tokens, head_dim, generator=g)
-        out.append(LayerKV.contiguous(k, v))
-    return KVCache(out)
 
 
 def real_cache(tokens: int, data_dir: Path) -> tuple[KVCache, str]:

@@ -24,22 +24,12 @@ import time
 import torch
 
 import kvcodec
-from kvcodec import KVCache, LayerKV
+from kvcodec import KVCache
 from kvcodec.progressive import decode_planes, encode_planes
+from _caches import synthetic_cache  # benchmarks/_caches.py (run as scripts: this folder is on sys.path)
 
 SPECS = ("prog{b}", "k=prog{b}:axis=channel v=prog{b}")
 INT_WIDTHS = (2, 3, 4, 5, 6, 7, 8, 16)
-
-
-def synthetic_cache(tokens: int = 160, layers: int = 30, heads: int = 3, head_dim: int = 64) -> KVCache:
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for _ in range(layers):
-        k = torch.randn(1, heads, tokens, head_dim, generator=g)
-        k[..., :4] *= 20  # outlier channels, as real keys have
-        v = torch.randn(1, heads, tokens, head_dim, generator=g)
-        out.append(LayerKV.contiguous(k, v))
-    return KVCache(out)
 
 
 def real_cache(data_dir: str, sample: int) -> tuple[KVCache, str]:
@@ -119,7 +109,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     if args.synthetic or not os.path.isdir(args.data_dir):
-        cache, what = synthetic_cache(), "synthetic cache (30 layers, 3 KV heads, 160 tokens, head_dim 64, 4 outlier key channels)"
+        cache, what = synthetic_cache(160), "synthetic cache (30 layers, 3 KV heads, 160 tokens, head_dim 64, 4 outlier key channels)"
     else:
         cache, what = real_cache(args.data_dir, args.sample)
     print(f"{what}: {cache.num_elements:,} elements\n")
