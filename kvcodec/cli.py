@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 import warnings
@@ -921,10 +922,6 @@ def _run_processes(processes: int, workers, specs: list[str], results, args: dic
     import subprocess
     import tempfile
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from kvcodec.results import ResultsFile, read_records, record_key
-
     if workers is None:
         workers = max(1, ((os.cpu_count() or 1) - 1) // processes) if device.type == "cuda" else 0
     with tempfile.TemporaryDirectory(prefix="kvcodec-eval-") as tmp:
@@ -949,22 +946,27 @@ def _run_processes(processes: int, workers, specs: list[str], results, args: dic
             children.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
         base = len(results.records)
         started = time.perf_counter()
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=err_console) as progress:
-            bar = progress.add_task(f"{label} · {processes} processes", total=total, rate="")
-            while any(c.poll() is None for c in children):
-                time.sleep(1.0)
-                done = sum(max(_count_lines(sh) - base, 0) for sh in shards)
-                rate = done / max(time.perf_counter() - started, 1e-9)
-                progress.update(bar, completed=min(done, total), rate=f"{rate:.2f} results/s")
+        # an interrupted run (Ctrl-C, or SIGTERM from `timeout` or a scheduler) stops the
+        # children and still keeps every record they finished, so a rerun resumes
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            _watch(children, shards, base, total, label, processes)
+        except BaseException:
+            for c in children:
+                if c.poll() is None:
+                    c.terminate()
+            for c in children:
+                c.wait()
+            _keep_new(results, shards)
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            for log in logs:
+                log.close()
         seconds = time.perf_counter() - started
-        for log in logs:
-            log.close()
         failed = [i for i, c in enumerate(children) if c.returncode != 0]
-        new = [r for r in read_records(shards) if results.get(record_key(r)) is None]
         # keep what finished even if a child failed, so a rerun resumes
-        unique = list({record_key(r): r for r in new}.values())
-        results.append(unique)
+        unique = _keep_new(results, shards)
         if failed:
             tail = (tmp / f"shard-{failed[0]}.log").read_text(encoding="utf-8").strip().splitlines()[-1:]
             raise ModelError(f"eval process {failed[0]} of {processes} failed: {tail[0] if tail else 'no output'}")
@@ -972,6 +974,36 @@ def _run_processes(processes: int, workers, specs: list[str], results, args: dic
         f"{len(unique)} new results in {seconds:.1f} s from {processes} processes with {workers} codec workers each: "
         f"{len(unique) / max(seconds, 1e-9):.2f} sample×pipeline results per second on {device}"
     )
+
+
+def _raise_interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _watch(children, shards: list[Path], base: int, total: int, label: str, processes: int) -> None:
+    """Show the children's progress (their shards' new lines) until all have exited."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    started = time.perf_counter()
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=err_console) as progress:
+        bar = progress.add_task(f"{label} · {processes} processes", total=total, rate="")
+        while any(c.poll() is None for c in children):
+            time.sleep(1.0)
+            done = sum(max(_count_lines(sh) - base, 0) for sh in shards)
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            progress.update(bar, completed=min(done, total), rate=f"{rate:.2f} results/s")
+
+
+def _keep_new(results, shards: list[Path]) -> list[dict]:
+    """Append to ``results`` the shards' records it lacks (a child killed mid-line leaves
+    a partial last line, which is dropped); return them."""
+    from kvcodec.results import read_records, record_key
+
+    new = [r for r in read_records(shards, partial_tail=True) if results.get(record_key(r)) is None]
+    unique = list({record_key(r): r for r in new}.values())
+    results.append(unique)
+    return unique
 
 
 def _count_lines(path: Path) -> int:

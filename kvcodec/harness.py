@@ -117,11 +117,14 @@ def _same(task, a: str, b: str) -> bool:
 def make_record(
     base: dict, task, sample, prompt, *, pipeline: str, prediction: str, nll: float | None,
     full: tuple[str, float | None], nbytes: int, fp16_bytes: int, elements: int, provenance: dict,
+    code_entropy_bits: float | None = None,
 ) -> dict:
     """One results record (``specs/tasks.md``): ``base`` (model, dtype, task, options,
     generation length) plus the sample's prediction, scores, agreement with the full
     cache's prediction ``full[0]``, NLL and ΔNLL against ``full[1]`` (nats per answer
-    token), and ``nbytes`` transmitted bytes against the cache's ``elements``."""
+    token), and ``nbytes`` transmitted bytes against the cache's ``elements``;
+    ``code_entropy_bits`` (the empirical entropy of the payload's integer codes,
+    :mod:`kvcodec.codestats`) goes in per element beside ``bits_per_element``."""
     full_prediction, full_nll = full
     scores = task.score(prediction, sample)
     return {
@@ -138,6 +141,7 @@ def make_record(
         "fp16_bytes": fp16_bytes,
         "elements": elements,
         "bits_per_element": 8 * nbytes / elements,
+        "code_entropy_bits_per_element": None if code_entropy_bits is None else code_entropy_bits / elements,
         "context_tokens": len(prompt.context_ids),
         "provenance": provenance,
     }
@@ -195,10 +199,10 @@ def evaluate(
         t1 = time.perf_counter()
         clock["codec"] += t1 - t0
         full_bytes, fp16_bytes = trips[0].nbytes, trips[1].nbytes
-        rows: list[tuple[str, KVCache, int]] = []
+        rows: list[tuple[str, KVCache, int, float | None]] = []
         if p.full_record is None:
-            rows.append((FULL, p.cache, full_bytes))
-        rows.extend((name, trip.cache, trip.nbytes) for name, trip in zip(p.todo, trips[2:]))
+            rows.append((FULL, p.cache, full_bytes, None))
+        rows.extend((name, trip.cache, trip.nbytes, trip.code_entropy_bits) for name, trip in zip(p.todo, trips[2:]))
         sample, prompt = p.sample, p.prompt
         letters = LETTERS[: len(sample.choices)]
         outcomes = _predict(lm, task, [r[1] for r in rows], prompt, letters, settings)
@@ -210,8 +214,9 @@ def evaluate(
         elements = p.cache.num_elements
         new = [
             make_record(base, task, sample, prompt, pipeline=name, prediction=pred, nll=nll, full=(full_pred, full_nll),
-                        nbytes=nbytes, fp16_bytes=fp16_bytes, elements=elements, provenance=prov)
-            for (name, _, nbytes), (pred, nll) in zip(rows, outcomes)
+                        nbytes=nbytes, fp16_bytes=fp16_bytes, elements=elements, provenance=prov,
+                        code_entropy_bits=entropy)
+            for (name, _, nbytes, entropy), (pred, nll) in zip(rows, outcomes)
         ]
         results.append(new)
         counts["written"] += len(new)

@@ -44,8 +44,9 @@ def _open(path: Path, mode: str):
     return path.open(mode, encoding="utf-8")
 
 
-def read_records(paths: Iterable[str | Path]) -> Iterator[dict[str, Any]]:
-    """Every record of every file, in order; a missing file yields nothing.
+def read_records(paths: Iterable[str | Path], *, partial_tail: bool = False) -> Iterator[dict[str, Any]]:
+    """Every record of every file, in order; a missing file yields nothing. With
+    ``partial_tail``, a last line without its newline (a writer killed mid-line) is skipped.
 
     Raises:
         ResultsError: for a line that is not a JSON object with the required fields.
@@ -57,7 +58,7 @@ def read_records(paths: Iterable[str | Path]) -> Iterator[dict[str, Any]]:
             continue
         with _open(path, "r") as fh:
             for number, line in enumerate(fh, 1):
-                if not line.strip():
+                if not line.strip() or (partial_tail and not line.endswith("\n")):
                     continue
                 try:
                     record = json.loads(line)

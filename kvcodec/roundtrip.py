@@ -27,7 +27,7 @@ import attrs
 import numpy as np
 import torch
 
-from kvcodec import api
+from kvcodec import api, codestats, wire
 from kvcodec.cache import KVCache, LayerKV
 
 __all__ = [
@@ -51,11 +51,15 @@ class RoundTrip:
             headers included).
         cache: the decoded cache (CPU, the dtype it was sent in), or ``None`` when only the
             size was asked for.
+        code_entropy_bits: order-0 empirical entropy of the payload's integer codes in
+            bits (:func:`kvcodec.codestats.code_entropy_bits`); ``None`` when nothing is
+            quantized or only the size was asked for.
     """
 
     spec: str
     nbytes: int
     cache: KVCache | None
+    code_entropy_bits: float | None = None
 
 
 def round_trip(cache: KVCache, spec: str, keep: bool = True, context: dict[str, Any] | None = None) -> RoundTrip:
@@ -70,8 +74,11 @@ def round_trip(cache: KVCache, spec: str, keep: bool = True, context: dict[str, 
     Raises:
         SpecError, CodecError: as :func:`kvcodec.api.encode`.
     """
-    payload = api.encode(cache, spec, **(context or {}))
-    return RoundTrip(spec, len(payload), api.decode(payload) if keep else None)
+    payload = api.encode_payload(cache, spec, **(context or {}))
+    data = wire.dump(payload)
+    if not keep:
+        return RoundTrip(spec, len(data), None)
+    return RoundTrip(spec, len(data), api.decode(data), codestats.code_entropy_bits(payload))
 
 
 # ---------------------------------------------------------------------- process transport
@@ -155,7 +162,7 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
-def _worker_job(arrays, jobs: list[tuple[str, bool]], context) -> list[tuple[str, int, Any]]:
+def _worker_job(arrays, jobs: list[tuple[str, bool]], context) -> list[tuple[str, int, Any, float | None]]:
     cache = cache_from_arrays(arrays)
     context = context_from_arrays(context)
     out = []
@@ -163,9 +170,10 @@ def _worker_job(arrays, jobs: list[tuple[str, bool]], context) -> list[tuple[str
         try:
             result = round_trip(cache, spec, keep, context)
         except Exception as exc:  # noqa: BLE001 - raised again by that spec's future
-            out.append((spec, None, exc))
+            out.append((spec, None, exc, None))
             continue
-        out.append((result.spec, result.nbytes, None if result.cache is None else cache_to_arrays(result.cache)))
+        arrays = None if result.cache is None else cache_to_arrays(result.cache)
+        out.append((result.spec, result.nbytes, arrays, result.code_entropy_bits))
     return out
 
 
@@ -180,12 +188,12 @@ def _split(future: cf.Future, count: int) -> list[cf.Future]:
             for out in outs:
                 out.set_exception(exc)
             return
-        for out, (spec, nbytes, arrays) in zip(outs, items):
+        for out, (spec, nbytes, arrays, entropy) in zip(outs, items):
             if nbytes is None:
                 out.set_exception(arrays)
                 continue
             try:
-                out.set_result(RoundTrip(spec, nbytes, None if arrays is None else cache_from_arrays(arrays)))
+                out.set_result(RoundTrip(spec, nbytes, None if arrays is None else cache_from_arrays(arrays), entropy))
             except BaseException as exc:  # noqa: BLE001
                 out.set_exception(exc)
 

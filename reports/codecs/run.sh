@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Recompute this report's records, resumably (every command appends only the records its
+# results file does not hold yet, so an interrupted run continues where it stopped):
+#   bash reports/codecs/run.sh squad
+# Re-render the tables, the rate–accuracy plot and the frontier from the committed records
+# (no model needed):
+#   bash reports/codecs/run.sh report
+# Needs the data folder in --data-dir or $KVCODEC_DATA_DIR (see the README).
+set -euo pipefail
+R=reports/codecs
+RES="${RES:-$R}"  # where the results file lives
+KV="${KVCODEC:-python -m kvcodec}"
+P="--processes ${PROCS:-1}"  # receiver processes sharing the device (eval --processes)
+what="${1:-squad}"
+if [[ $what == report ]]; then
+  $KV report $R/squad.jsonl.gz --markdown $R/squad.md --plot $R/squad.png --frontier $R/frontier.png > /dev/null
+  echo "wrote $R/squad.{md,png} and $R/frontier.png"
+  exit 0
+fi
+if [[ $what == squad ]]; then
+  for M in smollm2-135m gemma3-270m; do
+    $KV eval --model $M --task squad -n "${N:-200}" --pipeline-file $R/grid.txt --results $RES/squad.jsonl.gz $P
+  done
+fi
