@@ -1239,10 +1239,16 @@ def eval_progressive(streams, policies, fixed, planes_per_message, model, task, 
               help="write the layer-wise damage map (heat map of one-layer-at-a-time pipelines) PNG here")
 @click.option("--by-option", "by_option", default=None, type=(str, click.Path(dir_okay=False)),
               help="OPTION PNG: plot %% of full against a numeric task option (e.g. length needle.png)")
-def report(results, md_path, png_path, damage_path, by_option):
+@click.option("--frontier", "frontier_path", default=None, type=click.Path(dir_okay=False),
+              help="write the rate–accuracy frontier PNG here and add the frontier section to the markdown and "
+                   "stdout: the cheapest pipeline reaching 95 % and 99 % of full, and the Pareto set")
+def report(results, md_path, png_path, damage_path, by_option, frontier_path):
     """Summarize results files: a markdown table (with a layer-wise damage map when the results
-    hold one-layer-at-a-time pipelines) and plots."""
-    from kvcodec.report import damage_markdown, damage_plot, layer_damage, markdown, option_plot, plot, summarize
+    hold one-layer-at-a-time pipelines, and the rate–accuracy frontier with --frontier) and plots."""
+    from kvcodec.report import (
+        damage_markdown, damage_plot, frontier, frontier_markdown, frontier_plot, layer_damage, markdown,
+        option_plot, plot, summarize,
+    )
     from kvcodec.results import ResultsError, read_records
 
     missing = [r for r in results if not Path(r).is_file()]
@@ -1258,12 +1264,18 @@ def report(results, md_path, png_path, damage_path, by_option):
         text += "\n## Layer-wise damage map\n\n" + damage_markdown(cells)
     if damage_path and not cells:
         raise InputError("--damage-map: the results hold no one-layer-at-a-time pipelines (kvcodec sweep --layerwise)")
+    if frontier_path:
+        if not frontier(rows):
+            raise InputError("--frontier: the results hold no pipeline besides the full baseline")
+        text += "\n## Rate–accuracy frontier\n\n" + frontier_markdown(rows)
     if md_path:
         Path(md_path).write_text(text, encoding="utf-8")
     if png_path:
         plot(rows, png_path)
     if damage_path:
         damage_plot(cells, damage_path)
+    if frontier_path:
+        frontier_plot(rows, frontier_path)
     if by_option:
         try:
             option_plot(rows, by_option[0], by_option[1])

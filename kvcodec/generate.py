@@ -52,10 +52,13 @@ def prefill(model, input_ids: list[int] | torch.Tensor) -> KVCache:
     return KVCache.from_dynamic_cache(out.cache)
 
 
-def _forward(model, cache: KVCache, ids: torch.Tensor, start: int, dyn=None):
-    """One forward pass of ``ids`` ``[B, S]`` at positions ``start …`` on top of ``cache``."""
+def _forward(model, cache: KVCache, ids: torch.Tensor, start: int, dyn=None, rows=None):
+    """One forward pass of ``ids`` ``[B, S]`` at positions ``start …`` on top of ``cache``
+    (``rows``: per-row stored positions, see :func:`receiver_batches`)."""
     if dyn is None:
-        if needs_positioned_attention(cache):
+        if rows is not None:
+            dyn = _Positioned.of(model, cache, rows)
+        elif needs_positioned_attention(cache):
             dyn = _Positioned.of(model, cache)
         else:
             dyn = cache.to(device=model.device).to_dynamic_cache()
@@ -91,10 +94,81 @@ def needs_positioned_attention(cache: KVCache) -> bool:
 
 
 @attrs.frozen(eq=False)
+class ReceiverBatch:
+    """Several caches run through the receiver as one batch (:func:`receiver_batches`).
+
+    Attributes:
+        members: indices of the caches (in the list given) that form the batch rows, in order.
+        cache: the rows stacked along the batch dimension.
+        positions: ``None`` when the stacked cache's own positions hold for every row;
+            else, per layer, int64 ``[B, 1 or kv_heads, seq_len]``: each row's stored
+            positions (caches of one geometry whose token selections differ).
+    """
+
+    members: tuple[int, ...]
+    cache: KVCache
+    positions: tuple[torch.Tensor, ...] | None
+
+
+def _geometry(cache: KVCache) -> tuple:
+    return tuple(
+        (tuple(l.keys.shape[1:]), tuple(l.values.shape[1:]), l.keys.dtype, l.seen_tokens, l.layer_type,
+         l.sliding_window, tuple(l.positions.shape))
+        for l in cache
+    )
+
+
+def receiver_batches(caches: list[KVCache], batch_size: int) -> list[ReceiverBatch]:
+    """Group caches into receiver batches of at most ``batch_size`` rows.
+
+    Caches of one geometry (per layer: shapes, dtype, tokens seen, layer type, sliding
+    window, positions' shape) share a batch. Where their stored positions differ (e.g.
+    different token selectors keeping the same number of tokens), the positions matter
+    only to layers that need the position-aware mask (:func:`needs_positioned_attention`);
+    then the batch carries every row's positions and the receiver masks each row by its own.
+
+    Raises:
+        ValueError: if ``batch_size`` < 1.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1 (got {batch_size})")
+    groups: dict[tuple, list[int]] = {}
+    for i, cache in enumerate(caches):
+        groups.setdefault(_geometry(cache), []).append(i)
+    out = []
+    for members in groups.values():
+        for k in range(0, len(members), batch_size):
+            rows = members[k : k + batch_size]
+            part = [caches[i] for i in rows]
+            first = part[0]
+            same = all(torch.equal(a.positions, b.positions) for c in part[1:] for a, b in zip(first, c))
+            if same:
+                out.append(ReceiverBatch(tuple(rows), KVCache.stack(part), None))
+                continue
+            stacked = first.map(
+                lambda i, layer: layer.replace(
+                    keys=torch.cat([c[i].keys for c in part]), values=torch.cat([c[i].values for c in part])
+                )
+            )
+            positions = None
+            if any(needs_positioned_attention(c) for c in part):
+                positions = tuple(
+                    torch.cat([
+                        (c[i].positions if c[i].positions.dim() == 2 else c[i].positions[None])[None].expand(c.batch_size, -1, -1)
+                        for c in part
+                    ])
+                    for i in range(first.num_layers)
+                )
+            out.append(ReceiverBatch(tuple(rows), stacked, positions))
+    return out
+
+
+@attrs.frozen(eq=False)
 class _Positioned:
     """The receiver's state in position-aware mode: a DynamicCache without eviction, the
-    stored tokens' positions per layer (``[1 or kv_heads, seq_len]`` on the model's
-    device), each layer's sliding window (or ``None``) and the first new position."""
+    stored tokens' positions per layer (``[1 or kv_heads, seq_len]``, or
+    ``[B, 1 or kv_heads, seq_len]`` when batch rows differ, on the model's device), each
+    layer's sliding window (or ``None``) and the first new position."""
 
     cache: object
     rows: tuple[torch.Tensor, ...]
@@ -102,7 +176,9 @@ class _Positioned:
     start: int
 
     @classmethod
-    def of(cls, model, cache: KVCache) -> "_Positioned":
+    def of(cls, model, cache: KVCache, rows: tuple[torch.Tensor, ...] | None = None) -> "_Positioned":
+        """The state for ``cache``; ``rows`` (per layer ``[B, 1 or kv_heads, seq_len]``)
+        gives each batch row its own stored positions (see :func:`receiver_batches`)."""
         from transformers.cache_utils import DynamicCache, DynamicLayer
 
         cache = cache.to(device=model.device)
@@ -115,22 +191,27 @@ class _Positioned:
         dyn_cache = DynamicCache()
         dyn_cache.layers = layers
         dyn_cache.layer_class_to_replicate = None
-        rows = tuple(l.positions if l.positions.dim() == 2 else l.positions.unsqueeze(0) for l in cache)
+        if rows is None:
+            rows = tuple(l.positions if l.positions.dim() == 2 else l.positions.unsqueeze(0) for l in cache)
+        else:
+            rows = tuple(r.to(model.device) for r in rows)
         windows = tuple(l.sliding_window if l.layer_type == SLIDING_ATTENTION else None for l in cache)
         return cls(dyn_cache, rows, windows, _start(cache))
 
 
 def positioned_mask(cached: torch.Tensor, start: int, kv_len: int, q_len: int, window: int | None) -> torch.Tensor:
-    """Boolean ``[R, q_len, kv_len]``: may query ``i`` attend to key ``j``?
+    """Boolean ``[R, q_len, kv_len]`` (or ``[B, R, q_len, kv_len]``): may query ``i``
+    attend to key ``j``?
 
     ``cached`` ``[R, s]`` holds the positions of the ``s`` stored keys (one row per KV head
-    or one shared row); keys ``s …`` are new tokens at positions ``start, start + 1, …``
-    and the queries are the last ``q_len`` of them. A query at ``p`` sees a key at ``k``
-    iff ``k ≤ p`` and, with a sliding ``window``, ``k > p − window``.
+    or one shared row), or ``[B, R, s]`` one such table per batch row; keys ``s …`` are new
+    tokens at positions ``start, start + 1, …`` and the queries are the last ``q_len`` of
+    them. A query at ``p`` sees a key at ``k`` iff ``k ≤ p`` and, with a sliding
+    ``window``, ``k > p − window``.
     """
     new = torch.arange(start, start + kv_len - cached.shape[-1], device=cached.device)
-    keys = torch.cat([cached, new.expand(cached.shape[0], -1)], dim=-1)[:, None, :]
-    queries = new[new.numel() - q_len :][None, :, None]
+    keys = torch.cat([cached, new.expand(*cached.shape[:-1], -1)], dim=-1).unsqueeze(-2)
+    queries = new[new.numel() - q_len :][:, None]
     allowed = keys <= queries
     if window is not None:
         allowed &= keys > queries - window
@@ -148,9 +229,9 @@ def positioned_attention(module, query, key, value, attention_mask, scaling=None
     index = module.layer_idx
     heads = query.shape[1]
     allowed = positioned_mask(state.rows[index], state.start, key.shape[-2], query.shape[-2], state.windows[index])
-    if allowed.shape[0] > 1:
-        allowed = allowed.repeat_interleave(heads // allowed.shape[0], dim=0)
-    mask = allowed.unsqueeze(0)
+    if allowed.shape[-3] > 1:
+        allowed = allowed.repeat_interleave(heads // allowed.shape[-3], dim=-3)
+    mask = allowed if allowed.dim() == 4 else allowed.unsqueeze(0)
     group = heads // key.shape[1]
     if group > 1:
         key, value = key.repeat_interleave(group, dim=1), value.repeat_interleave(group, dim=1)
@@ -193,9 +274,12 @@ CHECK_EVERY = 4
 
 
 @torch.inference_mode()
-def greedy_batch(model, tokenizer, cache: KVCache, input_ids: list[int], *, max_new_tokens: int = 32) -> list[Generation]:
+def greedy_batch(
+    model, tokenizer, cache: KVCache, input_ids: list[int], *, max_new_tokens: int = 32, positions=None
+) -> list[Generation]:
     """Append ``input_ids`` to every row of ``cache`` (batch B) and decode greedily until each
     row emits EOS or ``max_new_tokens`` tokens; one :class:`Generation` per row.
+    ``positions``: each row's stored positions (:attr:`ReceiverBatch.positions`).
 
     Positions continue from the cache's ``seen_tokens``, so rotary embeddings line up even
     when the cache holds fewer tokens than it has seen. Tokens stay on the device during the
@@ -210,7 +294,7 @@ def greedy_batch(model, tokenizer, cache: KVCache, input_ids: list[int], *, max_
     first = None
     pos, dyn = _start(cache), None
     for step in range(max_new_tokens):
-        logits, dyn = _forward(model, cache, ids, pos, dyn)
+        logits, dyn = _forward(model, cache, ids, pos, dyn, positions)
         last = logits[:, -1].float()
         if first is None:
             first = last.cpu()
@@ -234,9 +318,10 @@ def greedy(model, tokenizer, cache: KVCache, input_ids: list[int], *, max_new_to
 
 
 @torch.inference_mode()
-def answer_nll(model, cache: KVCache, query_ids: list[int], answer_ids: list[int]) -> torch.Tensor:
+def answer_nll(model, cache: KVCache, query_ids: list[int], answer_ids: list[int], *, positions=None) -> torch.Tensor:
     """Teacher-forced mean negative log-likelihood (nats per token) of ``answer_ids`` after
-    ``query_ids``, for every row of ``cache``: float32 ``[B]``.
+    ``query_ids``, for every row of ``cache``: float32 ``[B]``. ``positions`` as
+    :func:`greedy_batch`'s.
 
     Raises:
         ValueError: if ``answer_ids`` is empty.
@@ -244,7 +329,7 @@ def answer_nll(model, cache: KVCache, query_ids: list[int], answer_ids: list[int
     if not answer_ids:
         raise ValueError("answer_nll needs at least one answer token")
     ids = _ids(list(query_ids) + list(answer_ids), model.device).expand(cache.batch_size, -1)
-    logits, _ = _forward(model, cache, ids, _start(cache))
+    logits, _ = _forward(model, cache, ids, _start(cache), rows=positions)
     n = len(answer_ids)
     pred = logits[:, -n - 1 : -1].float().log_softmax(-1)
     target = ids[:, -n:]
@@ -262,11 +347,14 @@ def letter_token_ids(tokenizer, letters: str) -> list[list[int]]:
 
 
 @torch.inference_mode()
-def choice_logits(model, tokenizer, cache: KVCache, query_ids: list[int], letters: str = "ABCD") -> torch.Tensor:
+def choice_logits(
+    model, tokenizer, cache: KVCache, query_ids: list[int], letters: str = "ABCD", *, positions=None
+) -> torch.Tensor:
     """Logit of each answer letter after ``query_ids`` (the larger of its two spellings, see
-    :func:`letter_token_ids`), for every row of ``cache``: float32 ``[B, len(letters)]``."""
+    :func:`letter_token_ids`), for every row of ``cache``: float32 ``[B, len(letters)]``.
+    ``positions`` as :func:`greedy_batch`'s."""
     ids = _ids(query_ids, model.device).expand(cache.batch_size, -1)
-    logits, _ = _forward(model, cache, ids, _start(cache))
+    logits, _ = _forward(model, cache, ids, _start(cache), rows=positions)
     last = logits[:, -1].float()
     cols = [last[:, cand].amax(-1) for cand in letter_token_ids(tokenizer, letters)]
     return torch.stack(cols, -1).cpu()

@@ -32,7 +32,7 @@ import attrs
 
 from kvcodec.attention import attention_requests, attention_scores
 from kvcodec.cache import KVCache
-from kvcodec.generate import answer_nll, choice_logits, greedy_batch, prefill
+from kvcodec.generate import answer_nll, choice_logits, greedy_batch, prefill, receiver_batches
 from kvcodec.pipeline import Pipeline
 from kvcodec.prompts import task_prompt
 from kvcodec.roundtrip import RoundTripper
@@ -73,26 +73,22 @@ class RunStats:
 
 def _predict(lm, task, caches: list[KVCache], prompt, letters: str, settings: Settings) -> list[tuple[str, float | None]]:
     """(prediction, answer NLL) for every cache, running them through the model as batches."""
-    out: list[tuple[str, float | None]] = []
-    for i in range(0, len(caches), settings.batch_size):
-        chunk = caches[i : i + settings.batch_size]
-        try:
-            batches = [KVCache.stack(chunk)]
-        except ValueError:  # different geometries (token selection): one at a time
-            batches = chunk
-        for batch in batches:
-            batch = batch.to(device=lm.model.device)
-            if task.kind == "choice":
-                logits = choice_logits(lm.model, lm.tokenizer, batch, prompt.question_ids, letters)
-                preds = [letters[int(row.argmax())] for row in logits]
-            else:
-                gens = greedy_batch(lm.model, lm.tokenizer, batch, prompt.question_ids, max_new_tokens=settings.max_new_tokens)
-                preds = [g.text for g in gens]
-            if prompt.answer_ids:
-                nlls = answer_nll(lm.model, batch, prompt.question_ids, prompt.answer_ids).tolist()
-            else:
-                nlls = [None] * len(preds)
-            out.extend(zip(preds, nlls))
+    out: list[tuple[str, float | None] | None] = [None] * len(caches)
+    for group in receiver_batches(caches, settings.batch_size):
+        batch, rows = group.cache.to(device=lm.model.device), group.positions
+        if task.kind == "choice":
+            logits = choice_logits(lm.model, lm.tokenizer, batch, prompt.question_ids, letters, positions=rows)
+            preds = [letters[int(row.argmax())] for row in logits]
+        else:
+            gens = greedy_batch(lm.model, lm.tokenizer, batch, prompt.question_ids,
+                                max_new_tokens=settings.max_new_tokens, positions=rows)
+            preds = [g.text for g in gens]
+        if prompt.answer_ids:
+            nlls = answer_nll(lm.model, batch, prompt.question_ids, prompt.answer_ids, positions=rows).tolist()
+        else:
+            nlls = [None] * len(preds)
+        for i, pred, nll in zip(group.members, preds, nlls):
+            out[i] = (pred, nll)
     return out
 
 

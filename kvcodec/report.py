@@ -1,10 +1,15 @@
-"""Results files → per-pipeline summary, markdown table and rate–accuracy plot.
+"""Results files → per-pipeline summary, markdown table, rate–accuracy plot and frontier.
 
 For each (model, task, task options, dtype, pipeline) the summary pairs every record with
 the ``"full"`` record of the same sample and reports: n, mean score, % of full with a 95 %
 paired bootstrap CI (:func:`kvcodec.scoring.paired_bootstrap_ci`), agreement with the full
 cache's answer, mean ΔNLL (nats per answer token), mean transmitted bytes, bytes as a
-fraction of FP16 and bits per KV element.
+fraction of FP16, bits per KV element and, where records carry it, the empirical (order-0)
+entropy of the quantizer codes in bits per KV element.
+
+The rate–accuracy frontier (:func:`frontier`) picks, per (model, task, options, dtype), the
+cheapest pipeline (fewest mean transmitted bytes) reaching 95 % and 99 % of full, and the
+Pareto-optimal pipelines in (bytes, % of full).
 """
 
 from __future__ import annotations
@@ -24,6 +29,19 @@ from kvcodec.scoring import paired_bootstrap_ci
 
 @attrs.frozen
 class Summary:
+    """One pipeline's results against the full cache, over the n samples both have.
+
+    ``score`` and ``full_score`` are mean task scores; ``percent`` (% of full) is
+    ``100 · score / full_score`` with the 95 % paired bootstrap CI ``[low, high]`` (% of full);
+    ``agreement`` is the fraction of samples whose answer equals the full cache's; ``delta_nll``
+    the mean ΔNLL in nats per answer token (None when no record has one); ``bytes`` the mean
+    transmitted bytes; ``ratio_fp16`` mean bytes / mean FP16 bytes (a fraction, not %);
+    ``bits_per_element`` the mean of ``8 · bytes / elements``; ``code_entropy`` the mean of the
+    records' ``code_entropy_bits_per_element`` — the order-0 empirical entropy of the pipeline's
+    integer quantizer codes in bits, divided by the same ``elements`` — over the records that
+    carry one (None when none does, e.g. in older results files).
+    """
+
     model: str
     task: str
     task_options: str  # JSON
@@ -40,16 +58,22 @@ class Summary:
     bytes: float
     ratio_fp16: float
     bits_per_element: float
+    code_entropy: float | None = None
 
 
 def _mean(xs: Sequence[float]) -> float:
     return sum(xs) / len(xs) if xs else math.nan
 
 
+_ENTROPY = "code_entropy_bits_per_element"  # optional record field: bits per KV element
+
+
 def summarize(records: Iterable[dict], *, seed: int = 0) -> list[Summary]:
     """One :class:`Summary` per (model, task, options, dtype, pipeline), baseline first.
 
-    Records without a matching ``"full"`` record are left out (they cannot be paired).
+    Records without a matching ``"full"`` record are left out (they cannot be paired). The
+    optional record field ``code_entropy_bits_per_element`` (absent or null in older files)
+    is averaged into :attr:`Summary.code_entropy` over the records that have a value.
     """
     groups: dict[tuple, dict[str, dict[str, dict]]] = defaultdict(lambda: defaultdict(dict))
     for r in records:
@@ -70,6 +94,7 @@ def summarize(records: Iterable[dict], *, seed: int = 0) -> list[Summary]:
             mine = [r["score"] for r in recs]
             ci = paired_bootstrap_ci(base, mine, seed=seed)
             dn = [r["delta_nll"] for r in recs if r.get("delta_nll") is not None]
+            ent = [r[_ENTROPY] for r in recs if r.get(_ENTROPY) is not None]
             out.append(
                 Summary(
                     model=model,
@@ -88,6 +113,7 @@ def summarize(records: Iterable[dict], *, seed: int = 0) -> list[Summary]:
                     bytes=_mean([r["bytes"] for r in recs]),
                     ratio_fp16=_mean([r["bytes"] for r in recs]) / _mean([r["fp16_bytes"] for r in recs]),
                     bits_per_element=_mean([r["bits_per_element"] for r in recs]),
+                    code_entropy=_mean([float(x) for x in ent]) if ent else None,
                 )
             )
     return out
@@ -98,10 +124,17 @@ def _fmt(x: float | None, spec: str) -> str:
 
 
 def markdown(rows: Sequence[Summary]) -> str:
-    """A markdown table, one line per summary (grouped as given)."""
+    """A markdown table, one line per summary (grouped as given): % of full [95 % CI],
+    mean transmitted bytes, × FP16 (a fraction) and bits per KV element. A last column
+    ``H codes (bit/el)`` — the empirical entropy of the quantizer codes, bits per KV element —
+    is added only when some row has one (the cell is blank for rows without)."""
+    with_entropy = any(r.code_entropy is not None for r in rows)
     head = (
-        "| model | task | pipeline | n | score | % of full [95% CI] | agreement | ΔNLL | bytes | × FP16 | bits/elem |\n"
-        "|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|\n"
+        "| model | task | pipeline | n | score | % of full [95% CI] | agreement | ΔNLL | bytes | × FP16 | bits/elem |"
+        + (" H codes (bit/el) |" if with_entropy else "")
+        + "\n|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|"
+        + ("---:|" if with_entropy else "")
+        + "\n"
     )
     lines = []
     for r in rows:
@@ -111,6 +144,7 @@ def markdown(rows: Sequence[Summary]) -> str:
             f"| {r.model} | {task} | `{r.pipeline}` | {r.n} | {_fmt(r.score, '.3f')} | "
             f"{_fmt(r.percent, '.1f')} [{_fmt(r.low, '.1f')}, {_fmt(r.high, '.1f')}] | {_fmt(r.agreement, '.2f')} | "
             f"{_fmt(r.delta_nll, '+.3f')} | {r.bytes:,.0f} | {_fmt(r.ratio_fp16, '.3f')} | {_fmt(r.bits_per_element, '.2f')} |"
+            + (f" {'' if r.code_entropy is None else _fmt(r.code_entropy, '.2f')} |" if with_entropy else "")
         )
     return head + "\n".join(lines) + "\n"
 
@@ -144,6 +178,211 @@ def plot(rows: Sequence[Summary], path: str | Path, *, title: str = "Rate–accu
     ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- rate–accuracy frontier
+FRONTIER_LEVELS = (95.0, 99.0)  # % of full that the two frontier picks must reach
+_TOL = 1e-9  # % of full: float noise, so a point estimate of exactly 95 % counts as 95 %
+
+
+@attrs.frozen
+class FrontierPoint:
+    """One pipeline on the rate–accuracy plane: ``percent`` (% of full) with its 95 % paired
+    bootstrap CI ``[low, high]`` (% of full), ``bytes`` (mean transmitted bytes),
+    ``fp16_percent`` (bytes as % of FP16, i.e. ``100 · ratio_fp16``), ``bits_per_element``
+    (bits per KV element) and ``code_entropy`` (code entropy, bits per KV element, or None)."""
+
+    pipeline: str
+    percent: float
+    low: float
+    high: float
+    bytes: float
+    fp16_percent: float
+    bits_per_element: float
+    code_entropy: float | None = None
+
+    @classmethod
+    def of(cls, s: Summary) -> FrontierPoint:
+        return cls(s.pipeline, s.percent, s.low, s.high, s.bytes, 100 * s.ratio_fp16, s.bits_per_element, s.code_entropy)
+
+
+@attrs.frozen
+class FrontierPicks:
+    """The rate–accuracy frontier of one (model, task, task options, dtype) group, the
+    ``"full"`` baseline left out.
+
+    ``at_95`` / ``at_99``: the pipeline with the fewest mean transmitted bytes whose point
+    estimate of % of full is ≥ 95 / ≥ 99 (None if none reaches it; among equal bytes the
+    higher % of full, then the spec text, wins). ``pareto``: the Pareto-optimal pipelines,
+    fewest bytes first — those that no other pipeline matches or beats on both bytes (fewer
+    or equal) and % of full (higher or equal) while being strictly better on one. ``n``: the
+    number of pipelines considered (those with a finite % of full).
+    """
+
+    model: str
+    task: str
+    task_options: str  # JSON
+    dtype: str
+    n: int
+    at_95: FrontierPoint | None
+    at_99: FrontierPoint | None
+    pareto: tuple[FrontierPoint, ...]
+
+    def pick(self, level: float) -> FrontierPoint | None:
+        """The pick for ``level`` (95 or 99, % of full)."""
+        return {95.0: self.at_95, 99.0: self.at_99}[float(level)]
+
+
+def _cheapest(points: Sequence[FrontierPoint], level: float) -> FrontierPoint | None:
+    ok = [p for p in points if p.percent >= level - _TOL]
+    return min(ok, key=lambda p: (p.bytes, -p.percent, p.pipeline)) if ok else None
+
+
+def _pareto(points: Sequence[FrontierPoint]) -> tuple[FrontierPoint, ...]:
+    def dominated(p: FrontierPoint) -> bool:
+        return any(
+            q.bytes <= p.bytes and q.percent >= p.percent and (q.bytes < p.bytes or q.percent > p.percent)
+            for q in points
+        )
+
+    return tuple(sorted((p for p in points if not dominated(p)), key=lambda p: (p.bytes, p.percent, p.pipeline)))
+
+
+def frontier(rows: Sequence[Summary]) -> dict[tuple[str, str, str, str], FrontierPicks]:
+    """The rate–accuracy frontier per (model, task, task options JSON, dtype) group, in the
+    order the groups first appear in ``rows``: the cheapest pipelines (mean transmitted bytes)
+    reaching 95 % and 99 % of full by the point estimate, and the Pareto set in (bytes, % of
+    full). The ``"full"`` baseline and rows whose % of full is not finite (a full mean score
+    of 0) are left out; a group with no other pipeline is left out."""
+    groups: dict[tuple[str, str, str, str], list[FrontierPoint]] = defaultdict(list)
+    for r in rows:
+        if r.pipeline != FULL and math.isfinite(r.percent):
+            groups[(r.model, r.task, r.task_options, r.dtype)].append(FrontierPoint.of(r))
+    return {
+        key: FrontierPicks(*key, n=len(pts), at_95=_cheapest(pts, 95.0), at_99=_cheapest(pts, 99.0), pareto=_pareto(pts))
+        for key, pts in groups.items()
+    }
+
+
+def _group_title(model: str, task: str, options: str, dtype: str) -> str:
+    opts = json.loads(options)
+    return f"{model} · {task}" + (f" {opts}" if opts else "") + f" · {dtype}"
+
+
+def _pick_line(level: float, p: FrontierPoint | None, n: int) -> str:
+    head = f"- smallest ≥ {level:g} % of full: "
+    if p is None:
+        return head + f"none — no pipeline of the {n} reaches {level:g} % of full (point estimate)"
+    return (
+        head + f"`{p.pipeline}` — {_fmt(p.percent, '.1f')} % [{_fmt(p.low, '.1f')}, {_fmt(p.high, '.1f')}], "
+        f"{p.bytes:,.0f} bytes ({_fmt(p.fp16_percent, '.1f')} % of FP16)"
+    )
+
+
+def frontier_markdown(rows: Sequence[Summary]) -> str:
+    """A markdown section per (model, task, options, dtype) group (:func:`frontier`): the
+    cheapest pipeline reaching 95 % and 99 % of full — % of full [95 % CI], mean transmitted
+    bytes and bytes as % of FP16 — then the Pareto set as a table (% of full [95 % CI],
+    bytes, % of FP16, bits per KV element, and the code entropy in bits per KV element when
+    known). Groups with no pipeline besides ``"full"`` get no section."""
+    parts = []
+    for key, fp in frontier(rows).items():
+        with_entropy = any(p.code_entropy is not None for p in fp.pareto)
+        lines = [
+            f"### {_group_title(*key)}: rate–accuracy frontier ({fp.n} pipelines)",
+            "",
+            _pick_line(95.0, fp.at_95, fp.n),
+            _pick_line(99.0, fp.at_99, fp.n),
+            "",
+            "Picks compare the point estimate of % of full with the level; the 95 % paired bootstrap CI "
+            "shows how far the sample supports it.",
+            "",
+            "Pareto set (no other pipeline has fewer or equal bytes and a higher or equal % of full):",
+            "",
+            "| pipeline | % of full [95% CI] | bytes | % of FP16 | bits/elem |" + (" H codes (bit/el) |" if with_entropy else ""),
+            "|---|---|---:|---:|---:|" + ("---:|" if with_entropy else ""),
+        ]
+        for p in fp.pareto:
+            lines.append(
+                f"| `{p.pipeline}` | {_fmt(p.percent, '.1f')} [{_fmt(p.low, '.1f')}, {_fmt(p.high, '.1f')}] | "
+                f"{p.bytes:,.0f} | {_fmt(p.fp16_percent, '.1f')} | {_fmt(p.bits_per_element, '.2f')} |"
+                + (f" {'' if p.code_entropy is None else _fmt(p.code_entropy, '.2f')} |" if with_entropy else "")
+            )
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def frontier_plot(rows: Sequence[Summary], path: str | Path) -> None:
+    """Rate–accuracy frontier PNG, one panel per (model, task, options, dtype) group side by
+    side: every pipeline (``"full"`` left out) as a point with its 95 % CI bar; x = transmitted
+    bytes as % of FP16 (log scale), y = % of full. The Pareto frontier is a step line, 95 %
+    and 99 % of full are dashed lines, and only the Pareto points and the two picks are
+    labelled with their spec text.
+
+    Raises:
+        ValueError: when no group has a pipeline besides ``"full"``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fronts = frontier(rows)
+    if not fronts:
+        raise ValueError("no pipelines besides the full baseline to put on a frontier")
+    points: dict[tuple, list[Summary]] = defaultdict(list)
+    for r in rows:
+        if r.pipeline != FULL and math.isfinite(r.percent):
+            points[(r.model, r.task, r.task_options, r.dtype)].append(r)
+    fig, axes = plt.subplots(1, len(fronts), figsize=(6.5 * len(fronts), 5.5), squeeze=False, sharey=True)
+    for ax, (key, fp) in zip(axes[0], fronts.items()):
+        pts = sorted(points[key], key=lambda r: r.ratio_fp16)
+        xs = [100 * r.ratio_fp16 for r in pts]
+        ys = [r.percent for r in pts]
+
+        def bar(d: float) -> float:
+            return max(d, 0.0) if math.isfinite(d) else 0.0
+
+        err = [[bar(r.percent - r.low) for r in pts], [bar(r.high - r.percent) for r in pts]]
+        ax.errorbar(xs, ys, yerr=err, fmt="o", ms=4, capsize=2, color="tab:blue", alpha=0.55, lw=0.8,
+                    label="pipeline (95 % CI)")
+        px = [p.fp16_percent for p in fp.pareto]
+        py = [p.percent for p in fp.pareto]
+        ax.step(px, py, where="post", color="tab:red", lw=1.4, label="Pareto frontier")
+        ax.plot(px, py, "o", color="tab:red", ms=5)
+        for level in FRONTIER_LEVELS:
+            ax.axhline(level, color="grey", lw=0.9, ls="--")
+            ax.text(1.0, level, f" {level:g} %", transform=ax.get_yaxis_transform(), fontsize=7, va="center",
+                    color="grey")
+        picks: dict[str, list[str]] = defaultdict(list)
+        for level in FRONTIER_LEVELS:
+            p = fp.pick(level)
+            if p is not None:
+                picks[p.pipeline].append(f"≥ {level:g} %")
+        # a Pareto point has no pipeline up and to its left (none cheaper and better): label it there;
+        # the last one (the best % of full) has none up and to its right either, and the pick may be left of it
+        for i, p in enumerate(fp.pareto):
+            if p.pipeline not in picks:
+                last = i == len(fp.pareto) - 1
+                ax.annotate(p.pipeline, (p.fp16_percent, p.percent), fontsize=6, color="tab:red",
+                            ha="left" if last else "right", xytext=(5 if last else -5, 4), textcoords="offset points")
+        for j, (name, levels) in enumerate(picks.items()):
+            p = next(q for q in (fp.at_95, fp.at_99) if q is not None and q.pipeline == name)
+            ax.plot([p.fp16_percent], [p.percent], "*", color="tab:green", ms=13, zorder=5)
+            ax.annotate(f"{' & '.join(levels)} pick:\n{name}", (p.fp16_percent, p.percent), fontsize=7,
+                        fontweight="bold", color="darkgreen", xytext=(-10, 28 + 24 * j), textcoords="offset points",
+                        ha="right", arrowprops=dict(arrowstyle="->", color="darkgreen", lw=0.8))
+        ax.set_xscale("log")
+        ax.set_xlim(min(xs) / 2.0, max(xs) * 1.6)  # room for the labels left of the cheapest points
+        ax.set_xlabel("transmitted bytes, % of FP16 (log scale)")
+        ax.set_title(_group_title(*key), fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    axes[0][0].set_ylabel("score, % of full precision (95 % paired bootstrap CI)")
+    fig.suptitle("Rate–accuracy frontier: cheapest pipeline at ≥ 95 % and ≥ 99 % of full")
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     plt.close(fig)

@@ -19,7 +19,7 @@ import kvcodec
 from kvcodec import wire
 from kvcodec.attention import attention_scores
 from kvcodec.cache import SLIDING_ATTENTION
-from kvcodec.generate import _forward, greedy, prefill
+from kvcodec.generate import _forward, answer_nll, greedy, greedy_batch, prefill, receiver_batches
 
 pytestmark = pytest.mark.model
 
@@ -157,3 +157,29 @@ def test_selected_cache_continues_at_the_right_positions(setup, spec):
     renumbered = received.map(lambda _i, l: l.replace(seen_tokens=l.seq_len, positions=torch.arange(l.seq_len)))
     wrong, _ = _forward(model, renumbered, torch.tensor([parts.question_ids]), renumbered[0].seen_tokens)
     assert not torch.allclose(wrong, ref_logits, atol=1e-2)
+
+
+def test_caches_with_different_selections_decode_together_as_one_batch(setup):
+    """The harness batches every pipeline of a sample: caches of one geometry whose selectors
+    kept different tokens share a batch, each row masked by its own positions."""
+    lm, parts, cache, stats = setup
+    specs = ["q2c:keep=0.5 identity", "random:keep=0.5 identity", "streamingllm:keep=0.5 identity", "q2c:keep=0.25 identity"]
+    received = [kvcodec.decode(kvcodec.encode(cache, s, attention=stats)) for s in specs]
+    groups = receiver_batches(received, 8)
+    assert [g.members for g in groups] == [(0, 1, 2), (3,)]
+    batch = groups[0]
+    # Gemma's shrunk sliding window makes positions matter; SmolLM2's full attention does not
+    assert (batch.positions is not None) == (lm.name == "gemma3-270m")
+    q = parts.question_ids
+    together = greedy_batch(lm.model, lm.tokenizer, batch.cache, q, max_new_tokens=NEW_TOKENS, positions=batch.positions)
+    nll = answer_nll(lm.model, batch.cache, q, q[-3:], positions=batch.positions)
+    for row, r in enumerate(received[:3]):
+        alone = greedy(lm.model, lm.tokenizer, r, q, max_new_tokens=NEW_TOKENS)
+        scale = alone.first_logits.abs().max().item()
+        assert torch.allclose(together[row].first_logits, alone.first_logits, atol=1e-4 * scale)
+        assert together[row].token_ids == alone.token_ids
+        assert torch.allclose(nll[row], answer_nll(lm.model, r, q, q[-3:])[0], atol=1e-4)
+    if batch.positions is not None:  # rows masked by row 0's positions would differ
+        wrong = greedy_batch(lm.model, lm.tokenizer, batch.cache, q, max_new_tokens=1, positions=tuple(
+            p[:1].expand_as(p) for p in batch.positions))
+        assert not torch.allclose(wrong[1].first_logits, together[1].first_logits, atol=1e-3)
