@@ -150,6 +150,12 @@ DEFAULT_LAYERS_PER_CHUNK = 5
               help="receiver profile JSON (kvcodec profile); default: this machine, measured in this run")
 @click.option("--timeline", "timeline_path", default=None, type=click.Path(dir_okay=False), help="write the timelines (JSON) here")
 @click.option("--timeline-plot", "plot_path", default=None, type=click.Path(dir_okay=False), help="write the timeline plot (PNG) here")
+@click.option("--progressive", "progressive", default=None,
+              help="also send a progressive stream (e.g. prog8:axis=channel): a row per fixed prefix and per --policy")
+@click.option("--policy", "policies", multiple=True,
+              help="with --progressive: adaptive policy p1>=THRESHOLD,start=PLANES (repeatable; default p1>=0.5,start=3)")
+@click.option("--planes-per-message", default="1", show_default=True,
+              help="with --progressive: planes per message, N or a schedule like 3+1+1+1+1+1")
 @click.option("--sweep-bandwidth", default=None, help="LOW..HIGH: TTFT over log-spaced bandwidths, e.g. 10Mbps..10Gbps")
 @click.option("--sweep-loss", default=None, help="LOW..HIGH: goodput and TTFT over loss rates (both directions), e.g. 0..20%")
 @click.option("--sweep-points", type=click.IntRange(1, 1000), default=None,
@@ -159,11 +165,12 @@ DEFAULT_LAYERS_PER_CHUNK = 5
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 def simulate(link_spec, latency, mtu, header_bytes, arq_text, seed, model, context_file, question, tokens, pipelines,
              pipeline_file, max_new_tokens, stream, layers_per_chunk, target_text, levels_text, initial_estimate,
-             encode_ahead, profile_path, timeline_path, plot_path, sweep_bandwidth, sweep_loss, sweep_points, device,
-             dtype, as_json):
+             encode_ahead, profile_path, timeline_path, plot_path, progressive, policies, planes_per_message,
+             sweep_bandwidth, sweep_loss, sweep_points, device, dtype, as_json):
     """Prefill a real model, encode its KV cache with each pipeline, send it over a
     simulated channel, and compare TTFT with sending text and recomputing; optionally
-    stream it in chunks, adapt each chunk's level to a TTFT target, and sweep bandwidth or loss."""
+    stream it in chunks, adapt each chunk's level to a TTFT target, send a progressive stream
+    whose receiver asks for more bit planes only when unsure, and sweep bandwidth or loss."""
     from kvcodec.simulate import DEFAULT_PIPELINES, Options, prepare, profile_levels, report
 
     channel = _channel(link_spec, latency, mtu, header_bytes)
@@ -180,6 +187,15 @@ def simulate(link_spec, latency, mtu, header_bytes, arq_text, seed, model, conte
     if layers_per_chunk is None and (stream or levels):
         layers_per_chunk = DEFAULT_LAYERS_PER_CHUNK
     initial = _bandwidth("--initial-estimate", initial_estimate) if initial_estimate is not None else None
+    if (policies or planes_per_message.strip() != "1") and progressive is None:
+        raise InputError("--policy and --planes-per-message need --progressive")
+    prog_spec, prog_policies, schedule = None, [], 1
+    if progressive is not None:
+        from kvcodec.progressive import stream_bits
+
+        prog_spec = _pipelines((progressive,))[0]
+        stream_bits(prog_spec)  # not a progressive stream: one-line error before the model loads
+        prog_policies, schedule = _policies(policies), _plane_schedule(planes_per_message)
     sweep = _sweep_args(channel, sweep_bandwidth, sweep_loss, sweep_points)
     if sweep and (timeline_path or plot_path):
         raise InputError("--timeline and --timeline-plot describe one channel; leave them out of a sweep")
@@ -201,7 +217,8 @@ def simulate(link_spec, latency, mtu, header_bytes, arq_text, seed, model, conte
     with err_console.status("running…") as status:
         prep = prepare(lm, context, question, parsed, tokens=tokens, max_new_tokens=max_new_tokens,
                        layers_per_chunk=layers_per_chunk, levels=levels, profile=profile,
-                       profile_source=profile_path or "", answers=sweep is None, on_step=status.update)
+                       profile_source=profile_path or "", answers=sweep is None, on_step=status.update,
+                       progressive=prog_spec, policies=prog_policies, planes_per_message=schedule)
         if sweep is not None:
             points = _run_sweep(prep, channel, sweep, options, status)
         else:
@@ -1157,6 +1174,24 @@ def diagnose(bits, axis, threshold, protect_with, recipe_path, md_path, damage_p
         )
 
 
+def _policies(texts) -> list:
+    """--policy values (default ``p1>=0.5,start=3``) as :class:`kvcodec.adaptive.Policy`."""
+    from kvcodec.adaptive import Policy
+
+    try:
+        return [Policy.parse(p) for p in (texts or ("p1>=0.5,start=3",))]
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"--policy: {exc}") from None
+
+
+def _plane_schedule(text: str):
+    """--planes-per-message: N, or a schedule N+N+…"""
+    parts = text.strip().split("+")
+    if not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise InputError(f"--planes-per-message takes N or N+N+…, got {text!r}")
+    return int(parts[0]) if len(parts) == 1 else [int(p) for p in parts]
+
+
 @cli.command(name="eval-progressive")
 @click.option("--stream", "streams", multiple=True, help="progressive stream spec (repeatable; default prog8): one prog stage per chain")
 @click.option("--policy", "policies", multiple=True,
@@ -1169,21 +1204,15 @@ def eval_progressive(streams, policies, fixed, planes_per_message, model, task, 
     """Progressive bitstream against fixed widths: the receiver decodes after the first bit
     planes and asks for more only when its first answer token is unsure (specs/progressive.md);
     records go to the results file like eval's, one row per policy and per fixed prefix."""
-    from kvcodec.adaptive import Policy, evaluate_adaptive, stream_label
+    from kvcodec.adaptive import evaluate_adaptive, stream_label
     from kvcodec.progressive import stream_bits
     from kvcodec.harness import Settings
     from kvcodec.report import summarize
     from kvcodec.results import FULL, ResultsError, ResultsFile
     from kvcodec.tasks import get_task, resolve_data_dir
 
-    try:
-        parsed_policies = [Policy.parse(p) for p in (policies or ("p1>=0.5,start=3",))]
-    except (ValueError, TypeError) as exc:
-        raise InputError(f"--policy: {exc}") from None
-    text = planes_per_message.strip()
-    if not all(part.isdigit() and int(part) > 0 for part in text.split("+")):
-        raise InputError(f"--planes-per-message takes N or N+N+…, got {planes_per_message!r}")
-    schedule = int(text) if "+" not in text else [int(p) for p in text.split("+")]
+    parsed_policies = _policies(policies)
+    schedule = _plane_schedule(planes_per_message)
     fixed_planes = None if fixed == "all" else [] if fixed == "none" else _int_list(fixed)
     stream_specs = [p.describe() for p in _pipelines(tuple(streams or ("prog8",)))]
     for spec in stream_specs:

@@ -92,6 +92,42 @@ class Measured:
 
 
 @attrs.frozen
+class ProgressiveMeasured:
+    """A progressive stream (``specs/progressive.md``) on the real cache, measured once per
+    decodable prefix; :func:`simulate_channel` then plays each policy over the channel.
+
+    Attributes:
+        name: the stream's label (``prog8``, ``prog8[3+1+1+1+1+1]``).
+        message_bytes: ``len()`` of each message, header first.
+        reachable: planes decodable after 1, 2, … messages (``(0, 1, …, B)``).
+        encode_s: sender time to encode the whole stream (seconds).
+        decode_s, rel_error, confidence, answer, same_answer: per reachable prefix
+            (``reachable[1:]``): receiver decode time (s), ‖x̂ − x‖/‖x‖, top-1 probability of
+            the first answer token, the greedy answer, whether it equals the reference answer.
+        policies: the adaptive policies to simulate.
+    """
+
+    name: str
+    message_bytes: tuple[int, ...]
+    reachable: tuple[int, ...]
+    encode_s: float
+    decode_s: tuple[float, ...]
+    rel_error: tuple[float, ...]
+    confidence: tuple[float, ...]
+    answer: tuple[str, ...]
+    same_answer: tuple[bool, ...]
+    policies: tuple = ()
+
+    def at(self, planes: int) -> int:
+        """Index into the per-prefix tuples of the prefix with ``planes`` planes."""
+        return self.reachable.index(planes) - 1
+
+    def messages_for(self, planes: int) -> int:
+        """Messages (header included) that carry ``planes`` planes."""
+        return self.reachable.index(planes) + 1
+
+
+@attrs.frozen
 class Prepared:
     """Everything measured on the model, before any channel: what :func:`simulate_channel` needs."""
 
@@ -112,6 +148,7 @@ class Prepared:
     chunk_elements: tuple[int, ...] | None
     reference_answer: str
     prefill_context_s: float
+    progressive: ProgressiveMeasured | None = None
 
     @property
     def question_prefill_s(self) -> float:
@@ -275,12 +312,18 @@ def prepare(
     profile_source: str = "",
     answers: bool = True,
     on_step: Callable[[str], None] | None = None,
+    progressive: str | Pipeline | None = None,
+    policies: Sequence = (),
+    planes_per_message: int | Sequence[int] = 1,
 ) -> Prepared:
     """Prefill the context, measure the receiver (unless ``profile`` is given), run the real
     cache through every pipeline and level: bytes, chunk sizes, error, codec times, answers.
 
     ``lm`` is a :class:`kvcodec.models.LoadedModel`. With ``answers=False`` no answer is
-    generated (the sweeps).
+    generated (the sweeps). With ``progressive`` (a ``prog`` stream spec), the stream's
+    every decodable prefix is decoded and probed (first-token confidence, answer) for the
+    adaptive ``policies`` (:class:`kvcodec.adaptive.Policy`); its decode times are measured
+    on this machine even when a profile gives the others.
     """
     from kvcodec.profile import measure_point, prefill_cache
     from kvcodec.stream import encode_chunks, layer_ranges
@@ -338,6 +381,11 @@ def prepare(
         level_measured.append(by_name[name] if name in by_name and by_name[name].chunk_bytes is not None
                               else measure(p, False))
 
+    prog = None
+    if progressive is not None:
+        prog = _measure_progressive(lm, cache, parts.question_ids, progressive, planes_per_message, policies,
+                                    max_new_tokens, reference.token_ids if answers else None, step)
+
     if profile is None:  # this machine: one grid point at this context length
         codecs = {m.name: CodecTiming((m.encode_s,), (m.decode_s,), (cache.num_elements,))
                   for m in measured + level_measured}
@@ -373,7 +421,34 @@ def prepare(
         chunk_elements=chunk_elements,
         reference_answer=reference.text if answers else "",
         prefill_context_s=prefill_context_s,
+        progressive=prog,
     )
+
+
+def _measure_progressive(lm, cache: KVCache, question_ids, spec, planes_per_message, policies, max_new_tokens,
+                         reference_ids, step) -> ProgressiveMeasured:
+    """Encode ``cache`` as a progressive stream; decode and probe every prefix."""
+    from kvcodec.adaptive import stream_label, top1_probability
+    from kvcodec.progressive import ProgressiveDecoder, encode_planes
+
+    label = stream_label(spec, planes_per_message)
+    step(f"progressive stream {label}")
+    stream, enc_s = _timed(encode_planes, cache, spec, planes_per_message=planes_per_message)
+    dec = ProgressiveDecoder()
+    dec.feed(stream.messages[0])
+    decode_s, errors, conf, answers, same = [], [], [], [], []
+    for message in stream.messages[1:]:
+        t0 = time.perf_counter()
+        dec.feed(message)
+        received = dec.cache(cache.device)
+        decode_s.append(time.perf_counter() - t0)
+        errors.append(relative_error(cache, received))
+        got = greedy(lm.model, lm.tokenizer, received, question_ids, max_new_tokens=max_new_tokens)
+        conf.append(float(top1_probability(got.first_logits)))
+        answers.append(got.text)
+        same.append(reference_ids is None or got.token_ids == reference_ids)
+    return ProgressiveMeasured(label, tuple(len(m) for m in stream.messages), stream.reachable, enc_s,
+                               tuple(decode_s), tuple(errors), tuple(conf), tuple(answers), tuple(same), tuple(policies))
 
 
 # ----------------------------------------------------------------------------- phase 2: the channel
@@ -462,6 +537,8 @@ def simulate_channel(prep: Prepared, channel: Link | Channel, opts: Options = Op
         config = ControllerConfig(initial_bps=opts.initial_bps or nominal_goodput(channel))
         adaptive = run_controller(plan, channel, config, arq=opts.arq, seed=opts.seed, with_hindsight=hindsight)
         timelines.append(adaptive.timeline)
+    if prep.progressive is not None:
+        rows.extend(_progressive_rows(prep, channel, opts))
     d = deliver(channel, prep.text_bytes, config=opts.arq, seed=opts.seed)
     text = build_timeline([ChunkWork(prep.text_bytes, 0.0, prep.text_prefill_s, 0, prep.layers, "text")], d,
                           label=TEXT_ROW, mode="text")
@@ -484,6 +561,59 @@ def simulate_channel(prep: Prepared, channel: Link | Channel, opts: Options = Op
         met_target=None if target is None else text.ttft_s <= target,
     ))
     return rows, adaptive, timelines
+
+
+def _progressive_rows(prep: Prepared, channel: Channel, opts: Options) -> list[Row]:
+    """One row per fixed prefix (``prog8@3``: the first 3 planes, sent and decoded once) and
+    per adaptive policy (``prog8 p1>=0.5,start=3``): the receiver decodes after ``start``
+    planes, prefills the question and reads the first token's top-1 probability; below the
+    threshold it asks the sender for the next message (the request takes the link's one-way
+    latency) and checks again. TTFT is the end of the accepted check, whose first token is
+    the answer's first token (``specs/progressive.md`` §6)."""
+    from kvcodec.adaptive import decide
+
+    pm = prep.progressive
+    n = prep.context_tokens
+    check_s = prep.profile.question_time_s(n)
+    start = 0.0 if opts.encode_ahead else pm.encode_s
+    latency = channel.link.latency_s
+    target = opts.target_s
+    rows = []
+
+    def row(name: str, planes: int, nbytes: int, transfer: float, receiver: float, ttft: float, retx: int) -> Row:
+        i = pm.at(planes)
+        return Row(
+            pipeline=name, bytes=nbytes, ratio_fp16=nbytes / prep.fp16_bytes, bits_per_element=8 * nbytes / prep.elements,
+            rel_error=pm.rel_error[i], encode_s=0.0 if opts.encode_ahead else pm.encode_s, decode_s=pm.decode_s[i],
+            transfer_s=transfer, receiver_s=receiver, ttft_s=ttft, answer=pm.answer[i], same_answer=pm.same_answer[i],
+            goodput_bps=8 * nbytes / transfer if transfer > 0 else 0.0, retransmissions=retx,
+            met_target=None if target is None else ttft <= target,
+        )
+
+    for planes in pm.reachable[1:]:
+        nbytes = sum(pm.message_bytes[: pm.messages_for(planes)])
+        d = deliver(channel, nbytes, config=opts.arq, seed=opts.seed)
+        receiver = pm.decode_s[pm.at(planes)] + check_s
+        rows.append(row(f"{pm.name}@{planes}", planes, nbytes, d.delivery_time_s, receiver,
+                        start + d.delivery_time_s + receiver, d.retransmissions))
+    for k, policy in enumerate(pm.policies):
+        decision = decide(policy, pm.reachable[1:], {p: pm.confidence[pm.at(p)] for p in pm.reachable[1:]})
+        t, sent, transfer, receiver, retx = start, 0, 0.0, 0.0, 0
+        for planes, _confidence in decision.trail:
+            upto = pm.messages_for(planes)
+            if sent:  # a request for more goes back to the sender first
+                t += latency
+            d = deliver(channel, sum(pm.message_bytes[sent:upto]), config=opts.arq, seed=opts.seed + 1 + k)
+            t += d.delivery_time_s
+            transfer += d.delivery_time_s
+            retx += d.retransmissions
+            sent = upto
+            work = pm.decode_s[pm.at(planes)] + check_s
+            t += work
+            receiver += work
+        rows.append(row(f"{pm.name} {policy.describe()}", decision.planes, sum(pm.message_bytes[:sent]),
+                        transfer, receiver, t, retx))
+    return rows
 
 
 def report(prep: Prepared, channel: Link | Channel, opts: Options = Options(), layers_per_chunk: int | None = None) -> Report:

@@ -240,3 +240,32 @@ def test_sweep_with_the_committed_profile(capsys):
     points = json.loads(capsys.readouterr().out)["points"]
     ttft = [p["rows"][0]["ttft_s"] for p in points]
     assert len(points) == 3 and ttft == sorted(ttft, reverse=True)
+
+
+def test_progressive_stream_rows_fixed_prefixes_and_policies(run):
+    """--progressive: one row per decodable prefix and one per policy; an adaptive receiver
+    that accepts at once costs what its first prefix costs, one that keeps asking pays a
+    one-way latency per request on top of the transfers."""
+    code, out, err = run("simulate", "--model", "tiny", "--link", "100Mbps", "--latency", "20ms", "--pipeline", "int8",
+                         "--progressive", "prog4", "--policy", "p1>=0,start=2", "--policy", "p1>=1,start=1", "--json")
+    assert code == 0, err
+    rows = {r["pipeline"]: r for r in json.loads(out)["rows"]}
+    fixed = [rows[f"prog4@{b}"] for b in (1, 2, 3, 4)]
+    assert [r["bytes"] for r in fixed] == sorted(r["bytes"] for r in fixed) and fixed[0]["bytes"] < fixed[-1]["bytes"]
+    assert fixed[0]["rel_error"] > fixed[-1]["rel_error"]
+    eager, never = rows["prog4 adaptive:p1>=0,start=2"], rows["prog4 adaptive:p1>=1,start=1"]
+    # threshold 0 accepts the first check at 2 planes: exactly the fixed 2-plane prefix
+    assert eager["bytes"] == fixed[1]["bytes"] and eager["ttft_s"] == pytest.approx(fixed[1]["ttft_s"])
+    # threshold 1 is never met: every plane is asked for, one check per message, 3 requests
+    assert never["bytes"] == fixed[-1]["bytes"]
+    assert never["ttft_s"] > fixed[-1]["ttft_s"] + 3 * 0.020
+    assert never["receiver_s"] == pytest.approx(sum(r["receiver_s"] for r in fixed), rel=1e-9)
+
+
+def test_progressive_options_are_checked_before_the_model_loads(run):
+    code, _, err = run("simulate", "--model", "tiny", "--progressive", "int8")
+    assert code == 2 and "prog" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run("simulate", "--model", "tiny", "--policy", "p1>=0.5")
+    assert code == 2 and "--progressive" in err
+    code, _, err = run("simulate", "--model", "tiny", "--progressive", "prog8", "--policy", "p1>=2")
+    assert code == 2 and "--policy" in err
