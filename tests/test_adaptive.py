@@ -117,7 +117,7 @@ def _fake_generation(err: float) -> Generation:
     return Generation([1], text, logits)
 
 
-def _fake_greedy_batch(model, tokenizer, cache, input_ids, *, max_new_tokens=32):
+def _fake_greedy_batch(model, tokenizer, cache, input_ids, *, max_new_tokens=32, positions=None):
     return [_fake_generation(_error(r)) for r in _rows(cache)]
 
 
@@ -125,7 +125,7 @@ def _fake_greedy(model, tokenizer, cache, input_ids, *, max_new_tokens=32):
     return _fake_greedy_batch(model, tokenizer, cache, input_ids, max_new_tokens=max_new_tokens)[0]
 
 
-def _fake_nll(model, cache, query_ids, answer_ids):
+def _fake_nll(model, cache, query_ids, answer_ids, *, positions=None):
     return torch.tensor([_error(r) for r in _rows(cache)])
 
 
