@@ -836,7 +836,7 @@ def _summary_table(rows, title: str) -> Table:
 
 
 def _run_eval(model, task_name, specs, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, workers, processes, shard, device, dtype,
-              lm=None, show=True):
+              lm=None, show=True, samples_per_batch=1):
     """Evaluate ``specs`` (loading the model unless ``lm`` is given); print the summary table
     (when ``show``) and return the loaded model and the summaries of this run's samples."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -874,7 +874,7 @@ def _run_eval(model, task_name, specs, n, seed, data_dir, results_path, options,
     if processes > 1:
         child_args = dict(model=model or lm.name, task=task.name, n=n, seed=seed, data_dir=str(data), options=options,
                           max_new_tokens=max_new_tokens, batch_size=batch_size, device=str(lm.device),
-                          dtype=str(lm.dtype).replace("torch.", ""))
+                          dtype=str(lm.dtype).replace("torch.", ""), samples_per_batch=samples_per_batch)
         _run_processes(processes, workers, [p.describe() for p in pipelines], results, child_args,
                        total=len(samples) * (len(pipelines) + 1), label=f"{lm.name} · {task.name}", device=lm.device)
         samples_done = samples
@@ -895,7 +895,8 @@ def _run_eval(model, task_name, specs, n, seed, data_dir, results_path, options,
 
             stats = evaluate(
                 lm, task, samples, pipelines, results, task_options=opts,
-                settings=Settings(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, workers=workers),
+                settings=Settings(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, workers=workers,
+                                  samples_per_batch=samples_per_batch),
                 on_sample=on_sample,
             )
             progress.update(bar, completed=total)
@@ -955,7 +956,7 @@ def _run_processes(processes: int, workers, specs: list[str], results, args: dic
                    "--pipeline-file", str(tmp / "pipelines.txt"), "--results", str(shard),
                    "--max-new-tokens", str(args["max_new_tokens"]), "--batch-size", str(args["batch_size"]),
                    "--workers", str(workers), "--device", args["device"], "--dtype", args["dtype"],
-                   "--shard", f"{i}/{processes}"]
+                   "--shard", f"{i}/{processes}", "--samples-per-batch", str(args.get("samples_per_batch", 1))]
             for opt in args["options"]:
                 cmd += ["--option", opt]
             log = open(tmp / f"shard-{i}.log", "w", encoding="utf-8")
@@ -1049,6 +1050,9 @@ eval_options = [
     click.option("--shard", default=None, hidden=True, help="I/K: only samples I, I+K, … (used by --processes)"),
     device_option,
     dtype_option,
+    click.option("--samples-per-batch", type=click.IntRange(1, 64), default=1, show_default=True,
+                 help="samples whose pipelines decode together, padded into shared batches of --batch-size rows "
+                      "(generation tasks; more keeps a launch-bound GPU busier)"),
 ]
 
 
@@ -1065,7 +1069,8 @@ def _with(options):
 @click.option("--pipeline", "pipelines", multiple=True, help="pipeline spec (repeatable)")
 @click.option("--pipeline-file", type=click.Path(dir_okay=False), default=None, help="file with one spec per line (# comments)")
 @_with(eval_options)
-def eval_command(pipelines, pipeline_file, model, task, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, workers, processes, shard, device, dtype):
+def eval_command(pipelines, pipeline_file, model, task, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, workers, processes, shard, device, dtype,
+                 samples_per_batch):
     """Measure answer quality against transmitted bytes: each pipeline's real payload, decoded,
     answers the task's questions; the table gives % of full with a 95 % paired bootstrap CI."""
     specs = list(pipelines)
@@ -1074,7 +1079,8 @@ def eval_command(pipelines, pipeline_file, model, task, n, seed, data_dir, resul
         specs = [s for s in specs if s]
     if not specs:
         raise InputError("give at least one --pipeline or a --pipeline-file")
-    _run_eval(model, task, specs, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, workers, processes, shard, device, dtype)
+    _run_eval(model, task, specs, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, workers, processes, shard, device, dtype,
+              samples_per_batch=samples_per_batch)
 
 
 def sweep_specs(bits, axes, targets, protect, layerwise: int | None) -> list[str]:
@@ -1109,7 +1115,8 @@ def _int_list(text: str) -> list[int]:
 @click.option("--protect", default="none", show_default=True, help="layers kept at full precision: none, 0, 0-1; comma list of choices separated by ';'")
 @click.option("--layerwise", type=click.IntRange(min=1), default=None, help="also one layer at a time quantized, the rest full precision (give the layer count)")
 @_with(eval_options)
-def sweep(bits, axes, targets, protect, layerwise, model, task, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, workers, processes, shard, device, dtype):
+def sweep(bits, axes, targets, protect, layerwise, model, task, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, workers, processes, shard, device, dtype,
+          samples_per_batch):
     """Evaluate a grid: bit widths × axes × keys/values × protected layers (× layer-wise)."""
     axes_l = [a.strip() for a in axes.split(",")]
     targets_l = [t.strip() for t in targets.split(",")]
@@ -1117,7 +1124,8 @@ def sweep(bits, axes, targets, protect, layerwise, model, task, n, seed, data_di
         raise InputError("--axis takes token,channel and --target takes kv,k,v")
     specs = ["fp16"] + sweep_specs(_int_list(bits), axes_l, targets_l, [p.strip() for p in protect.split(";")], layerwise)
     err_console.print(f"sweep: {len(specs)} pipelines")
-    _run_eval(model, task, specs, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, workers, processes, shard, device, dtype)
+    _run_eval(model, task, specs, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, workers, processes, shard, device, dtype,
+              samples_per_batch=samples_per_batch)
 
 
 @cli.command()
@@ -1132,7 +1140,7 @@ def sweep(bits, axes, targets, protect, layerwise, model, task, n, seed, data_di
 @click.option("--damage-map", "damage_path", default=None, type=click.Path(dir_okay=False), help="write the heat-map PNG here")
 @_with(eval_options)
 def diagnose(bits, axis, threshold, protect_with, recipe_path, md_path, damage_path, model, task, n, seed, data_dir,
-             results_path, options, max_new_tokens, batch_size, workers, processes, shard, device, dtype):
+             results_path, options, max_new_tokens, batch_size, workers, processes, shard, device, dtype, samples_per_batch):
     """Layer-wise sensitivity → damage map → recipe, verified with an eval run.
 
     Quantizes one layer at a time (keys and values separately) at --bits, the rest at full
@@ -1148,7 +1156,7 @@ def diagnose(bits, axis, threshold, protect_with, recipe_path, md_path, damage_p
     specs = [stage, *cell_specs(num_layers, stage)]
     err_console.print(f"diagnose: {len(specs)} pipelines ({num_layers} layers × keys, values + uniform {stage})")
     args = (model, task, specs, n, seed, data_dir, results_path, options, max_new_tokens, batch_size, workers, processes, shard, device, dtype)
-    lm, rows = _run_eval(*args, lm=lm, show=False)
+    lm, rows = _run_eval(*args, lm=lm, show=False, samples_per_batch=samples_per_batch)
     try:
         diagnosis = run_diagnosis(cells_from(rows, stage), stage, threshold=threshold, protect_with=protect_with)
     except ValueError as exc:
@@ -1163,7 +1171,8 @@ def diagnose(bits, axis, threshold, protect_with, recipe_path, md_path, damage_p
     header = [f"kvcodec diagnose --model {lm.name} --task {task} -n {n} --bits {bits} --axis {axis} --threshold {threshold:g}"]
     write_recipe(recipe_path, diagnosis, header)
     click.echo(f"recipe: {diagnosis.recipe}  (written to {recipe_path}); verifying it …")
-    _, verify = _run_eval(*args[:2], [stage, diagnosis.recipe], *args[3:], lm=lm, show=True)
+    _, verify = _run_eval(*args[:2], [stage, diagnosis.recipe], *args[3:], lm=lm, show=True,
+                          samples_per_batch=samples_per_batch)
     by_name = {r.pipeline: r for r in verify}
     mine = by_name.get(_pipelines((diagnosis.recipe,))[0].describe())
     if mine is not None:

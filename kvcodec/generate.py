@@ -368,3 +368,216 @@ def _eos_ids(model, tokenizer) -> set[int]:
         elif value:
             ids.update(value)
     return ids
+
+
+# ------------------------------------------------------------------ ragged batches (several samples)
+#: position given to padding slots and padding tokens: after every real position, so no
+#: real query ever sees them (a padding query sees every key, itself included, so its
+#: softmax row is never empty; its outputs are discarded).
+PADDING_POSITION = 2**40
+RAGGED_ATTENTION = "kvcodec_ragged"
+_RAGGED: contextvars.ContextVar["_Ragged | None"] = contextvars.ContextVar("kvcodec_ragged", default=None)
+
+
+@attrs.define(eq=False)
+class _Ragged:
+    """Receiver state for rows from different samples: each layer's stored slots (padded to
+    the longest row, padding at :data:`PADDING_POSITION`), the positions of every token
+    appended since (``new`` ``[B, n]``) and of the current forward's queries (``query``)."""
+
+    cache: object
+    stored: tuple[torch.Tensor, ...]  # per layer [B, R, s]
+    windows: tuple[int | None, ...]
+    new: torch.Tensor
+    query: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, model, caches: list[KVCache]) -> "_Ragged":
+        from transformers.cache_utils import DynamicCache, DynamicLayer
+
+        device = model.device
+        first = caches[0]
+        batch = sum(c.batch_size for c in caches)
+        layers, stored = [], []
+        for i in range(first.num_layers):
+            parts = [c[i] for c in caches]
+            heads = parts[0].kv_heads
+            s = max(l.seq_len for l in parts)
+            per_head = any(l.positions.dim() == 2 for l in parts)
+            r = heads if per_head else 1
+            k = parts[0].keys.new_zeros(batch, heads, s, parts[0].head_dim, device=device)
+            v = parts[0].values.new_zeros(batch, heads, s, parts[0].values.shape[-1], device=device)
+            pos = torch.full((batch, r, s), PADDING_POSITION, dtype=torch.long, device=device)
+            row = 0
+            for layer in parts:
+                b, t = layer.keys.shape[0], layer.seq_len
+                k[row : row + b, :, :t] = layer.keys.to(device)
+                v[row : row + b, :, :t] = layer.values.to(device)
+                p = layer.positions.to(device)
+                pos[row : row + b, :, :t] = (p if p.dim() == 2 else p[None]).expand(r, -1)
+                row += b
+            dyn = DynamicLayer()
+            dyn.lazy_initialization(k, v)
+            dyn.keys, dyn.values = k, v
+            layers.append(dyn)
+            stored.append(pos)
+        dyn_cache = DynamicCache()
+        dyn_cache.layers = layers
+        dyn_cache.layer_class_to_replicate = None
+        windows = tuple(l.sliding_window if l.layer_type == SLIDING_ATTENTION else None for l in first)
+        return cls(dyn_cache, tuple(stored), windows, torch.zeros(batch, 0, dtype=torch.long, device=device))
+
+
+def ragged_mask(stored: torch.Tensor, new: torch.Tensor, query: torch.Tensor, window: int | None) -> torch.Tensor:
+    """Boolean ``[B, R, q, s + n]``: may query ``i`` of row ``b`` attend to key ``j``?
+
+    ``stored`` ``[B, R, s]``: positions of the stored slots (one row per KV head or one
+    shared row); ``new`` ``[B, n]``: positions of the tokens appended since, the current
+    queries included; ``query`` ``[B, q]``: the queries' positions. A query at ``p`` sees a
+    key at ``k`` iff ``k ≤ p`` and, with a sliding ``window``, ``k > p − window`` — as
+    :func:`positioned_mask`, with padding at :data:`PADDING_POSITION`.
+    """
+    keys = torch.cat([stored, new[:, None, :].expand(-1, stored.shape[1], -1)], dim=-1)[:, :, None, :]
+    p = query[:, None, :, None]
+    allowed = keys <= p
+    if window is not None:
+        allowed &= keys > p - window
+    return allowed
+
+
+def _masked_attention(query, key, value, allowed, scaling, softcap):
+    """SDPA (or softcapped softmax attention) of ``query`` ``[B, heads, q, D]`` under the
+    boolean mask ``allowed`` ``[B or 1, heads or KV rows, q, kv]``."""
+    heads = query.shape[1]
+    if allowed.shape[1] != heads:
+        allowed = allowed.repeat_interleave(heads // allowed.shape[1], dim=1)
+    group = heads // key.shape[1]
+    if group > 1:
+        key, value = key.repeat_interleave(group, dim=1), value.repeat_interleave(group, dim=1)
+    if softcap is None:
+        out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=allowed, scale=scaling)
+    else:
+        scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+        logits = torch.tanh(query @ key.transpose(-1, -2) * scale / softcap) * softcap
+        probs = logits.masked_fill(~allowed, float("-inf")).softmax(-1, dtype=torch.float32).to(query.dtype)
+        out = probs @ value
+    return out.transpose(1, 2).contiguous(), None
+
+
+def ragged_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None, **kwargs):
+    """An ``AttentionInterface`` function for rows of different samples (see :class:`_Ragged`)."""
+    state = _RAGGED.get()
+    if state is None:
+        raise RuntimeError("ragged attention runs only inside the kvcodec receiver")
+    index = module.layer_idx
+    allowed = ragged_mask(state.stored[index], state.new, state.query, state.windows[index])
+    return _masked_attention(query, key, value, allowed, scaling, softcap)
+
+
+@contextlib.contextmanager
+def _ragged(model, state: _Ragged):
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(RAGGED_ATTENTION, ragged_attention)
+    before = model.config._attn_implementation
+    token = _RAGGED.set(state)
+    model.set_attn_implementation(RAGGED_ATTENTION)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
+        _RAGGED.reset(token)
+
+
+def _left_padded(seqs: list[list[int]], starts: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token ids ``[B, L]`` left-padded with token 0, their mask positions (padding at
+    :data:`PADDING_POSITION`) and their rotary ``position_ids`` (padding at 0); row ``b``'s
+    tokens take positions ``starts[b], starts[b] + 1, …``."""
+    length = max(len(s) for s in seqs)
+    ids = torch.zeros(len(seqs), length, dtype=torch.long)
+    pos = torch.full((len(seqs), length), PADDING_POSITION, dtype=torch.long)
+    for b, seq in enumerate(seqs):
+        if seq:
+            ids[b, length - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            pos[b, length - len(seq) :] = torch.arange(len(seq)) + int(starts[b])
+    pos = pos.to(device)
+    return ids.to(device), pos, torch.where(pos == PADDING_POSITION, 0, pos)
+
+
+def _ragged_forward(model, state: _Ragged, ids: torch.Tensor, mask_pos: torch.Tensor, rotary_pos: torch.Tensor):
+    state.new = torch.cat([state.new, mask_pos], dim=1)
+    state.query = mask_pos
+    with _ragged(model, state):
+        out = model(input_ids=ids, cache=state.cache, position_ids=rotary_pos, use_cache=True)
+    return out.logits
+
+
+def _row_starts(caches: list[KVCache], device) -> torch.Tensor:
+    return torch.tensor([_start(c) for c in caches for _ in range(c.batch_size)], dtype=torch.long, device=device)
+
+
+@torch.inference_mode()
+def greedy_rows(model, tokenizer, caches: list[KVCache], input_ids: list[list[int]], *, max_new_tokens: int = 32) -> list[Generation]:
+    """:func:`greedy_batch` for caches of different samples run as one batch: ``caches[i]``
+    (any geometry of the model, any positions) continues with ``input_ids[i]``; one
+    :class:`Generation` per batch row, in order. Rows are padded to the longest (stored
+    slots and tokens, masked by position); every row decodes greedily as it would alone,
+    up to the batch-invariance of the model's kernels.
+
+    Raises:
+        ValueError: if the lists differ in length or a row has no input tokens.
+    """
+    if len(caches) != len(input_ids) or any(not ids for ids in input_ids):
+        raise ValueError("greedy_rows needs one non-empty token list per cache")
+    device = model.device
+    state = _Ragged.of(model, caches)
+    seqs = [list(ids) for c, ids in zip(caches, input_ids) for _ in range(c.batch_size)]
+    starts = _row_starts(caches, device)
+    ids, mask_pos, rotary = _left_padded(seqs, starts, device)
+    nxt = starts + torch.tensor([len(s) for s in seqs], device=device)
+    eos = torch.tensor(sorted(_eos_ids(model, tokenizer)), dtype=torch.long, device=device)
+    batch = len(seqs)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    steps, first = [], None
+    for step in range(max_new_tokens):
+        logits = _ragged_forward(model, state, ids, mask_pos, rotary)
+        last = logits[:, -1].float()
+        if first is None:
+            first = last.cpu()
+        tokens = last.argmax(-1)
+        finished = finished | torch.isin(tokens, eos)
+        steps.append(torch.where(finished, -1, tokens))
+        if (step + 1) % CHECK_EVERY == 0 and bool(finished.all()):
+            break
+        ids, mask_pos, rotary = tokens.unsqueeze(1), nxt.unsqueeze(1), nxt.unsqueeze(1)
+        nxt = nxt + 1
+    table = torch.stack(steps, 1).tolist()
+    rows = [row[: row.index(-1)] if -1 in row else row for row in table]
+    return [Generation(r, tokenizer.decode(r, skip_special_tokens=True).strip(), first[i]) for i, r in enumerate(rows)]
+
+
+@torch.inference_mode()
+def answer_nll_rows(model, caches: list[KVCache], query_ids: list[list[int]], answer_ids: list[list[int]]) -> torch.Tensor:
+    """:func:`answer_nll` for caches of different samples as one batch (as
+    :func:`greedy_rows`): float32 ``[B]``, one value per batch row.
+
+    Raises:
+        ValueError: if the lists differ in length or an answer is empty.
+    """
+    if not (len(caches) == len(query_ids) == len(answer_ids)) or any(not a for a in answer_ids):
+        raise ValueError("answer_nll_rows needs one query and one non-empty answer per cache")
+    device = model.device
+    state = _Ragged.of(model, caches)
+    seqs, lengths = [], []
+    for c, q, a in zip(caches, query_ids, answer_ids):
+        for _ in range(c.batch_size):
+            seqs.append(list(q) + list(a))
+            lengths.append(len(a))
+    ids, mask_pos, rotary = _left_padded(seqs, _row_starts(caches, device), device)
+    logp = _ragged_forward(model, state, ids, mask_pos, rotary).float().log_softmax(-1)
+    out = []
+    width = ids.shape[1]
+    for b, n in enumerate(lengths):
+        pred = logp[b, width - n - 1 : width - 1]
+        out.append(-pred.gather(-1, ids[b, width - n :].unsqueeze(-1)).mean())
+    return torch.stack(out).cpu()

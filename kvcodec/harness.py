@@ -32,7 +32,15 @@ import attrs
 
 from kvcodec.attention import attention_requests, attention_scores
 from kvcodec.cache import KVCache
-from kvcodec.generate import answer_nll, choice_logits, greedy_batch, prefill, receiver_batches
+from kvcodec.generate import (
+    answer_nll,
+    answer_nll_rows,
+    choice_logits,
+    greedy_batch,
+    greedy_rows,
+    prefill,
+    receiver_batches,
+)
 from kvcodec.pipeline import Pipeline
 from kvcodec.prompts import task_prompt
 from kvcodec.roundtrip import RoundTripper
@@ -45,13 +53,18 @@ LETTERS = "ABCDEFGHIJ"
 @attrs.frozen
 class Settings:
     """How a run generates: ``max_new_tokens`` per answer, ``batch_size`` caches per forward
-    pass, the sampling ``seed`` of the task, and ``workers``: processes that run the
-    codecs (0: in this process; see :mod:`kvcodec.roundtrip`)."""
+    pass, the sampling ``seed`` of the task, ``workers``: processes that run the
+    codecs (0: in this process; see :mod:`kvcodec.roundtrip`), and ``samples_per_batch``:
+    samples whose pipelines the receiver decodes together (1: each sample's pipelines as
+    their own batches; more: rows of different samples padded into one batch,
+    :func:`kvcodec.generate.greedy_rows` — fewer, fuller forward passes for a
+    launch-bound GPU; generation tasks only)."""
 
     max_new_tokens: int = 32
     batch_size: int = 32
     seed: int = 0
     workers: int = 0
+    samples_per_batch: int = 1
 
 
 @attrs.frozen
@@ -89,6 +102,26 @@ def _predict(lm, task, caches: list[KVCache], prompt, letters: str, settings: Se
             nlls = [None] * len(preds)
         for i, pred, nll in zip(group.members, preds, nlls):
             out[i] = (pred, nll)
+    return out
+
+
+def _predict_rows(lm, caches: list[KVCache], prompts: list, settings: Settings) -> list[tuple[str, float | None]]:
+    """(prediction, answer NLL) for every cache, ``prompts[i]`` being the prompt of
+    ``caches[i]``'s sample: rows of different samples share forward passes (generation
+    tasks), ``settings.batch_size`` rows at a time."""
+    out: list[tuple[str, float | None]] = []
+    for i in range(0, len(caches), settings.batch_size):
+        chunk, chunk_prompts = caches[i : i + settings.batch_size], prompts[i : i + settings.batch_size]
+        gens = greedy_rows(lm.model, lm.tokenizer, chunk, [p.question_ids for p in chunk_prompts],
+                           max_new_tokens=settings.max_new_tokens)
+        scored = [j for j, p in enumerate(chunk_prompts) if p.answer_ids]
+        nlls: list[float | None] = [None] * len(chunk)
+        if scored:
+            values = answer_nll_rows(lm.model, [chunk[j] for j in scored], [chunk_prompts[j].question_ids for j in scored],
+                                     [chunk_prompts[j].answer_ids for j in scored]).tolist()
+            for j, v in zip(scored, values):
+                nlls[j] = v
+        out.extend((g.text, n) for g, n in zip(gens, nlls))
     return out
 
 
@@ -189,20 +222,19 @@ def evaluate(
     clock = {"prefill": 0.0, "codec": 0.0, "receiver": 0.0}
     counts = {"written": 0, "skipped": 0, "worked": 0}
 
-    def finish(p: _Pending) -> None:
-        t0 = time.perf_counter()
+    def collect(p: _Pending) -> tuple[list[tuple[str, KVCache, int, float | None]], int]:
+        """Wait for a sample's round trips: its rows (pipeline, decoded cache, bytes, code
+        entropy), the full-precision row first when it has no record yet, and its FP16 size."""
         trips = [f.result() for f in p.trips]
-        t1 = time.perf_counter()
-        clock["codec"] += t1 - t0
         full_bytes, fp16_bytes = trips[0].nbytes, trips[1].nbytes
         rows: list[tuple[str, KVCache, int, float | None]] = []
         if p.full_record is None:
             rows.append((FULL, p.cache, full_bytes, None))
         rows.extend((name, trip.cache, trip.nbytes, trip.code_entropy_bits) for name, trip in zip(p.todo, trips[2:]))
+        return rows, fp16_bytes
+
+    def write(p: _Pending, rows, fp16_bytes: int, outcomes) -> None:
         sample, prompt = p.sample, p.prompt
-        letters = LETTERS[: len(sample.choices)]
-        outcomes = _predict(lm, task, [r[1] for r in rows], prompt, letters, settings)
-        clock["receiver"] += time.perf_counter() - t1
         if p.full_record is None:
             full_pred, full_nll = outcomes[0]
         else:
@@ -219,6 +251,29 @@ def evaluate(
         if on_sample:
             on_sample(counts["written"], len(new))
 
+    def finish(ps: list[_Pending]) -> None:
+        t0 = time.perf_counter()
+        collected = [collect(p) for p in ps]
+        t1 = time.perf_counter()
+        clock["codec"] += t1 - t0
+        if len(ps) == 1 or task.kind == "choice":
+            outcomes = [
+                _predict(lm, task, [r[1] for r in rows], p.prompt, LETTERS[: len(p.sample.choices)], settings)
+                for p, (rows, _) in zip(ps, collected)
+            ]
+        else:
+            caches = [r[1] for rows, _ in collected for r in rows]
+            prompts = [p.prompt for p, (rows, _) in zip(ps, collected) for _ in rows]
+            flat = _predict_rows(lm, caches, prompts, settings)
+            outcomes, at = [], 0
+            for rows, _ in collected:
+                outcomes.append(flat[at : at + len(rows)])
+                at += len(rows)
+        clock["receiver"] += time.perf_counter() - t1
+        for p, (rows, fp16_bytes), out in zip(ps, collected, outcomes):
+            write(p, rows, fp16_bytes, out)
+
+    group = max(1, settings.samples_per_batch)
     lookahead = 2 if settings.workers else 0
     pending: deque[_Pending] = deque()
     with RoundTripper(settings.workers) as tripper:
@@ -239,10 +294,10 @@ def evaluate(
             specs = ["identity", "fp16", *todo]
             trips = tripper.submit(cache, specs, keep=[False, False] + [True] * len(todo), context=context)
             pending.append(_Pending(sample, prompt, cache, full_record, todo, trips))
-            while len(pending) > lookahead:
-                finish(pending.popleft())
+            while len(pending) >= lookahead + group:
+                finish([pending.popleft() for _ in range(group)])
         while pending:
-            finish(pending.popleft())
+            finish([pending.popleft() for _ in range(min(group, len(pending)))])
     return RunStats(
         counts["worked"], counts["written"], counts["skipped"], time.perf_counter() - started,
         clock["prefill"], clock["codec"], clock["receiver"],

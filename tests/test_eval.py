@@ -77,6 +77,26 @@ def test_batched_receiver_equals_one_by_one(lm, tmp_path):
         assert a[name]["nll"] == pytest.approx(b[name]["nll"], abs=1e-3)
 
 
+def test_samples_sharing_batches_equal_one_sample_at_a_time(lm, tmp_path):
+    """Settings.samples_per_batch: rows of different samples (different contexts, questions,
+    token selections) padded into shared batches give each sample's records unchanged."""
+    task = get_task("squad")
+    samples = _samples(lm, task, 3)
+    pipelines = [as_pipeline(s) for s in ("int8", "q2c:keep=0.5 int8")]
+    one, many = ResultsFile(tmp_path / "one.jsonl"), ResultsFile(tmp_path / "many.jsonl")
+    evaluate(lm, task, samples, pipelines, one, settings=Settings(max_new_tokens=6))
+    stats = evaluate(lm, task, samples, pipelines, many, settings=Settings(max_new_tokens=6, samples_per_batch=2, batch_size=5))
+    assert stats.results == len(samples) * (len(pipelines) + 1)
+    a = {(r["sample_id"], r["pipeline"]): r for r in one.records}
+    b = {(r["sample_id"], r["pipeline"]): r for r in many.records}
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key]["prediction"] == b[key]["prediction"], key
+        assert a[key]["bytes"] == b[key]["bytes"]
+        if a[key]["nll"] is not None:
+            assert a[key]["nll"] == pytest.approx(b[key]["nll"], abs=1e-3), key
+
+
 def test_cli_eval_report_and_errors(tmp_path, monkeypatch):
     from kvcodec.models import load_model
 
