@@ -227,22 +227,8 @@ def positioned_attention(module, query, key, value, attention_mask, scaling=None
     if state is None:
         raise RuntimeError("positioned attention runs only inside the kvcodec receiver")
     index = module.layer_idx
-    heads = query.shape[1]
     allowed = positioned_mask(state.rows[index], state.start, key.shape[-2], query.shape[-2], state.windows[index])
-    if allowed.shape[-3] > 1:
-        allowed = allowed.repeat_interleave(heads // allowed.shape[-3], dim=-3)
-    mask = allowed if allowed.dim() == 4 else allowed.unsqueeze(0)
-    group = heads // key.shape[1]
-    if group > 1:
-        key, value = key.repeat_interleave(group, dim=1), value.repeat_interleave(group, dim=1)
-    if softcap is None:
-        out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling)
-    else:
-        scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-        logits = torch.tanh(query @ key.transpose(-1, -2) * scale / softcap) * softcap
-        probs = logits.masked_fill(~mask, float("-inf")).softmax(-1, dtype=torch.float32).to(query.dtype)
-        out = probs @ value
-    return out.transpose(1, 2).contiguous(), None
+    return _masked_attention(query, key, value, allowed if allowed.dim() == 4 else allowed.unsqueeze(0), scaling, softcap)
 
 
 def _register() -> None:
