@@ -348,6 +348,9 @@ def prepare(
     else:
         step(f"prefill of {n} context tokens (sender)")
         cache, prefill_context_s = _timed(prefill_cache, model, parts.context_ids)
+        # the report's receiver figures all come from the profile (this machine's time is not the receiver's)
+        profiled = profile.context_time_s(n)
+        prefill_context_s = prefill_context_s if profiled is None else profiled
     if answers:
         step("receiver compute: reference answer from the uncompressed cache")
         reference = greedy(model, tok, cache, parts.question_ids, max_new_tokens=max_new_tokens)

@@ -129,6 +129,27 @@ def test_profile_drives_the_receiver(run, tmp_path):
     assert report["receiver"]["model"] == f"profile {profile}"
 
 
+def test_profile_gives_the_context_prefill_too(run, tmp_path):
+    """With --profile every receiver figure comes from the profile: the report's context
+    prefill is the profile's (deterministic), not this machine's."""
+    from kvcodec_sim.receiver import ReceiverProfile
+
+    path = tiny_profile(tmp_path / "p.json")
+    data = json.loads(path.read_text())
+    data["context_prefill_s"] = [0.5, 1.0, 3.0]
+    path.write_text(json.dumps(data))
+    argv = ("simulate", "--tokens", "64", "--profile", str(path), "--pipeline", "int8", "--max-new-tokens", "2", "--json")
+    code, out, err = run(*argv)
+    assert code == 0, err
+    report = json.loads(out)
+    expected = ReceiverProfile.load(path).context_time_s(report["context_tokens"])
+    assert 0.5 <= expected <= 3.0
+    assert report["receiver"]["prefill_context_s"] == pytest.approx(expected)
+    assert json.loads(run(*argv)[1]) == report  # nothing measured here leaks into the report
+    del data["context_prefill_s"]
+    assert ReceiverProfile.from_json(data).context_time_s(64) is None
+
+
 def test_bandwidth_sweep(run, tmp_path):
     profile = tiny_profile(tmp_path / "p.json")
     code, out, err = run("simulate", "--tokens", "64", "--profile", str(profile), "--pipeline", "int8", "--pipeline",

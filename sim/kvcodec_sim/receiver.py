@@ -224,6 +224,15 @@ class ReceiverProfile:
         """Prefill from text of ``tokens`` context tokens plus the question, first token included."""
         return self._at(self.text_prefill_s, tokens)
 
+    def context_time_s(self, tokens: float) -> float | None:
+        """Prefill of ``tokens`` context tokens alone (no question), from the profile's
+        optional ``context_prefill_s`` grid (``kvcodec profile`` writes it); ``None`` when the
+        file has no such grid of the right length."""
+        ys = self.meta.get("context_prefill_s")
+        if not isinstance(ys, list) or len(ys) != len(self.tokens) or not all(isinstance(y, (int, float)) for y in ys):
+            return None
+        return self._at([float(y) for y in ys], tokens)
+
     def layer_times_s(self, tokens: float) -> tuple[float, ...]:
         """Each decoder layer's share of the question's prefill on a cache of ``tokens`` tokens."""
         return tuple(self._at([row[i] for row in self.layer_s], tokens) for i in range(self.layers))
