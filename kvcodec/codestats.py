@@ -23,7 +23,18 @@ import numpy as np
 from kvcodec import wire
 from kvcodec.codec import Codes, Form
 
-__all__ = ["stream_entropy_bits", "code_entropy_bits"]
+__all__ = ["symbol_entropy_bits", "stream_entropy_bits", "code_entropy_bits"]
+
+
+def symbol_entropy_bits(row: np.ndarray) -> float:
+    """``Σ_s c_s · log2(n / c_s)`` in bits for the integer symbols of ``row`` (any shape,
+    flattened; 0 for none): the order-0 empirical entropy of one stream, times its length."""
+    row = np.asarray(row).reshape(-1).astype(np.int64)
+    if row.size == 0:
+        return 0.0
+    counts = np.bincount(row - row.min())
+    counts = counts[counts > 0].astype(np.float64)
+    return float((counts * np.log2(row.size / counts)).sum())
 
 
 def stream_entropy_bits(codes: Codes) -> float:
@@ -42,15 +53,7 @@ def stream_entropy_bits(codes: Codes) -> float:
     values = codes.data.detach().cpu().numpy()
     if values.ndim != 4:
         raise ValueError(f"stream_entropy_bits needs [B,H,T,D] codes, got shape {values.shape}")
-    total = 0.0
-    for h in range(values.shape[1]):
-        row = values[:, h].reshape(-1).astype(np.int64)
-        if row.size == 0:
-            continue
-        counts = np.bincount(row - row.min())
-        counts = counts[counts > 0].astype(np.float64)
-        total += float((counts * np.log2(row.size / counts)).sum())
-    return total
+    return sum(symbol_entropy_bits(values[:, h]) for h in range(values.shape[1]))
 
 
 def _codes(chain, enc: wire.EncodedTensor) -> Codes | None:

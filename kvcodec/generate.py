@@ -271,26 +271,38 @@ def greedy_batch(
     when the cache holds fewer tokens than it has seen. Tokens stay on the device during the
     loop; a row's answer is its tokens before its first EOS.
     """
-    batch = cache.batch_size
     device = model.device
-    ids = _ids(input_ids, device).expand(batch, -1)
+    ids = _ids(input_ids, device).expand(cache.batch_size, -1)
+    state = {"pos": _start(cache), "dyn": None}
+
+    def forward(tokens: torch.Tensor | None) -> torch.Tensor:
+        step_ids = ids if tokens is None else tokens.unsqueeze(1)
+        logits, state["dyn"] = _forward(model, cache, step_ids, state["pos"], state["dyn"], positions)
+        state["pos"] += step_ids.shape[1]
+        return logits
+
+    return _decode_greedily(forward, cache.batch_size, model, tokenizer, max_new_tokens)
+
+
+def _decode_greedily(forward, batch: int, model, tokenizer, max_new_tokens: int) -> list[Generation]:
+    """The greedy loop shared by :func:`greedy_batch` and :func:`greedy_rows`:
+    ``forward(None)`` prefills the receiver's tokens, ``forward(tokens)`` feeds each row's
+    last token ``[B]``; both return logits ``[B, S, vocab]``. A row stops at its first EOS;
+    the device is asked whether all rows have finished only every :data:`CHECK_EVERY` steps."""
+    device = model.device
     eos = torch.tensor(sorted(_eos_ids(model, tokenizer)), dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     steps: list[torch.Tensor] = []
-    first = None
-    pos, dyn = _start(cache), None
+    first, tokens = None, None
     for step in range(max_new_tokens):
-        logits, dyn = _forward(model, cache, ids, pos, dyn, positions)
-        last = logits[:, -1].float()
+        last = forward(tokens)[:, -1].float()
         if first is None:
             first = last.cpu()
-        pos += ids.shape[1]
         tokens = last.argmax(-1)
         finished = finished | torch.isin(tokens, eos)
         steps.append(torch.where(finished, -1, tokens))  # -1: this row has finished
         if (step + 1) % CHECK_EVERY == 0 and bool(finished.all()):
             break
-        ids = tokens.unsqueeze(1)
     table = torch.stack(steps, 1).tolist()
     rows = [row[: row.index(-1)] if -1 in row else row for row in table]
     return [
@@ -521,25 +533,16 @@ def greedy_rows(model, tokenizer, caches: list[KVCache], input_ids: list[list[in
     starts = _row_starts(caches, device)
     ids, mask_pos, rotary = _left_padded(seqs, starts, device)
     nxt = starts + torch.tensor([len(s) for s in seqs], device=device)
-    eos = torch.tensor(sorted(_eos_ids(model, tokenizer)), dtype=torch.long, device=device)
-    batch = len(seqs)
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    steps, first = [], None
-    for step in range(max_new_tokens):
-        logits = _ragged_forward(model, state, ids, mask_pos, rotary)
-        last = logits[:, -1].float()
-        if first is None:
-            first = last.cpu()
-        tokens = last.argmax(-1)
-        finished = finished | torch.isin(tokens, eos)
-        steps.append(torch.where(finished, -1, tokens))
-        if (step + 1) % CHECK_EVERY == 0 and bool(finished.all()):
-            break
-        ids, mask_pos, rotary = tokens.unsqueeze(1), nxt.unsqueeze(1), nxt.unsqueeze(1)
+
+    def forward(tokens: torch.Tensor | None) -> torch.Tensor:
+        nonlocal nxt
+        if tokens is None:
+            return _ragged_forward(model, state, ids, mask_pos, rotary)
+        here = nxt.unsqueeze(1)
         nxt = nxt + 1
-    table = torch.stack(steps, 1).tolist()
-    rows = [row[: row.index(-1)] if -1 in row else row for row in table]
-    return [Generation(r, tokenizer.decode(r, skip_special_tokens=True).strip(), first[i]) for i, r in enumerate(rows)]
+        return _ragged_forward(model, state, tokens.unsqueeze(1), here, here)
+
+    return _decode_greedily(forward, len(seqs), model, tokenizer, max_new_tokens)
 
 
 @torch.inference_mode()

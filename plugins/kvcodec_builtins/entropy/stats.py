@@ -13,9 +13,8 @@ and at most two 32-bit words of coder state (``specs/entropy-coding.md`` §6).
 
 from __future__ import annotations
 
-import numpy as np
-
 from kvcodec.codec import Codes
+from kvcodec.codestats import symbol_entropy_bits
 
 from . import tables
 
@@ -42,14 +41,7 @@ def entropy_bits(codes: Codes, context: str = "head") -> float:
     values = codes.data.detach().cpu().numpy()
     if context != "tensor" and values.ndim != 4:
         raise ValueError(f"context={context} needs [B,H,T,D] codes, got shape {values.shape}")
-    total = 0.0
-    for row in tables.split(values, context):
-        if row.size == 0:
-            continue
-        counts = np.bincount(row - row.min())
-        counts = counts[counts > 0].astype(np.float64)
-        total += float((counts * np.log2(row.size / counts)).sum())
-    return total
+    return sum(symbol_entropy_bits(row) for row in tables.split(values, context))
 
 
 def empirical_entropy(codes: Codes, context: str = "head") -> float:
