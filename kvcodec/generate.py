@@ -231,23 +231,25 @@ def positioned_attention(module, query, key, value, attention_mask, scaling=None
     return _masked_attention(query, key, value, allowed if allowed.dim() == 4 else allowed.unsqueeze(0), scaling, softcap)
 
 
-def _register() -> None:
+@contextlib.contextmanager
+def _attention_mode(model, name: str, function, var: contextvars.ContextVar, state):
+    """Run ``model`` with the attention ``function`` (registered as ``name``) reading
+    ``state`` from ``var``; the model's own attention is restored afterwards."""
     from transformers import AttentionInterface
 
-    AttentionInterface.register(POSITIONED_ATTENTION, positioned_attention)
-
-
-@contextlib.contextmanager
-def _positioned(model, state: _Positioned):
-    _register()
+    AttentionInterface.register(name, function)
     before = model.config._attn_implementation
-    token = _ACTIVE.set(state)
-    model.set_attn_implementation(POSITIONED_ATTENTION)
+    token = var.set(state)
+    model.set_attn_implementation(name)
     try:
         yield
     finally:
         model.set_attn_implementation(before)
-        _ACTIVE.reset(token)
+        var.reset(token)
+
+
+def _positioned(model, state: _Positioned):
+    return _attention_mode(model, POSITIONED_ATTENTION, positioned_attention, _ACTIVE, state)
 
 
 def _start(cache: KVCache) -> int:
@@ -472,19 +474,8 @@ def ragged_attention(module, query, key, value, attention_mask, scaling=None, dr
     return _masked_attention(query, key, value, allowed, scaling, softcap)
 
 
-@contextlib.contextmanager
 def _ragged(model, state: _Ragged):
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(RAGGED_ATTENTION, ragged_attention)
-    before = model.config._attn_implementation
-    token = _RAGGED.set(state)
-    model.set_attn_implementation(RAGGED_ATTENTION)
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(before)
-        _RAGGED.reset(token)
+    return _attention_mode(model, RAGGED_ATTENTION, ragged_attention, _RAGGED, state)
 
 
 def _left_padded(seqs: list[list[int]], starts: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
