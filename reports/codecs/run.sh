@@ -10,7 +10,9 @@ set -euo pipefail
 R=reports/codecs
 RES="${RES:-$R}"  # where the results file lives
 KV="${KVCODEC:-python -m kvcodec}"
-P="--processes ${PROCS:-1}"  # receiver processes sharing the device (eval --processes)
+# PROCS: receiver processes sharing the device (eval --processes; helps CPU receivers, not the H200)
+# SPB: samples whose pipelines share batches (eval --samples-per-batch; SPB=8 BATCH=128 on the H200)
+P="--processes ${PROCS:-1} --samples-per-batch ${SPB:-1} --batch-size ${BATCH:-32}"
 what="${1:-squad}"
 if [[ $what == report ]]; then
   $KV report $R/squad.jsonl.gz --markdown $R/squad.md --plot $R/squad.png --frontier $R/frontier.png > /dev/null
