@@ -113,6 +113,32 @@ def test_json_report_keeps_the_old_fields(run):
     assert report["link"]["bandwidth_bps"] == 100e6 and "adaptive" not in report
 
 
+def test_a_diagnose_recipe_file_is_a_simulate_pipeline(run, tmp_path):
+    """The recipe file `kvcodec diagnose` writes (comments, then one spec) is read unchanged by
+    `simulate --pipeline-file` (issue 6: the recipe round-trips through eval and simulate)."""
+    from kvcodec.diagnose import Cell, diagnose, write_recipe
+    from kvcodec.report import Summary
+
+    def cell(layer, target, damage):
+        return Cell(layer, target, Summary("tiny", "squad", "{}", "float32", f"identity L{layer}.{target}=int4", 4,
+                                           0.5, 0.5, 100.0, 90.0, 110.0, 1.0, damage, 1000.0, 0.3, 4.5))
+
+    cells = [cell(i, t, 0.9 if (i, t) == (1, "k") else 0.0) for i in range(3) for t in "kv"]
+    recipe = tmp_path / "recipe.txt"
+    write_recipe(recipe, diagnose(cells, "int4"), ["kvcodec diagnose --model tiny"])
+    assert recipe.read_text().startswith("# kvcodec diagnose")
+    code, out, err = run("simulate", "--tokens", "48", "--link", "100Mbps", "--latency", "5ms", "--pipeline-file",
+                         str(recipe), "--max-new-tokens", "2", "--json")
+    assert code == 0, err
+    rows = {r["pipeline"]: r for r in json.loads(out)["rows"]}
+    assert set(rows) == {"int4 L1.k=int8", "text + recompute"}
+    plain = run("simulate", "--tokens", "48", "--link", "100Mbps", "--latency", "5ms", "--pipeline", "int4",
+                "--max-new-tokens", "2", "--json")
+    assert plain[0] == 0, plain[2]
+    (int4,) = [r for r in json.loads(plain[1])["rows"] if r["pipeline"] == "int4"]
+    assert rows["int4 L1.k=int8"]["bytes"] > int4["bytes"]  # layer 1's keys really travel in INT8
+
+
 def test_profile_drives_the_receiver(run, tmp_path):
     profile = tiny_profile(tmp_path / "p.json")
     code, out, err = run("simulate", "--tokens", "64", "--profile", str(profile), "--pipeline", "int8", "--stream",

@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# Regenerate this report: simulated TTFT against bandwidth, a loss sweep and a timeline plot,
-# all with `kvcodec simulate` on committed receiver profiles (CPU only, about 6 min on a 2-core VM):
+# Issue 6's report: layer diagnosis and recipes, progressive-adaptive against fixed widths (real
+# models, SQuAD, n = 200, recorded on the H200), and simulated TTFT against bandwidth and packet loss.
+#
+# Regenerate everything from the committed records and profiles (CPU only, about 6 min on a 2-core VM):
 #   bash reports/transport/run.sh            (= all: simulate, then tables and plots)
 #   bash reports/transport/run.sh simulate   only the simulations (writes data/*.json and the timeline plot)
-#   bash reports/transport/run.sh report     only re-render the tables and plots from data/*.json (no model)
-#   bash reports/transport/run.sh profile    re-measure the Gemma recipe's codec timing on this machine
-#                                            (about 4 min, not deterministic; not part of "all")
+#   bash reports/transport/run.sh report     only re-render tables and plots from data/*.json and the records (no model)
+# Recompute the accuracy records (resumable; needs $KVCODEC_DATA_DIR and the models; hours on a CPU,
+# minutes on the H200 with SPB=8 BATCH=128):
+#   bash reports/transport/run.sh diagnose     kvcodec diagnose, both models -> recipe-*.txt, diagnose*.{md,png}
+#   bash reports/transport/run.sh progressive  kvcodec eval-progressive, SmolLM2 -> progressive.jsonl.gz
+#   bash reports/transport/run.sh profile      re-measure the Gemma recipe's codec timing on this machine
+#                                              (about 4 min, not deterministic; not part of "all")
 # Every simulation is seeded (--seed), its times come from a profile (nothing is timed in the run),
 # so two runs on the same installation write the same files.
 set -euo pipefail
@@ -24,6 +30,27 @@ mkdir -p $D $R/profiles
 
 recipe() { grep -v '^[[:space:]]*#' "$R/recipe-$1.txt" | grep -v '^[[:space:]]*$' | head -n 1; }
 GEMMA_RECIPE="$(recipe gemma3-270m)"
+
+# Layer-wise diagnosis (specs/diagnose.md): INT4 per-token on one layer's keys or values at a time,
+# n = 200; writes the recipe and verifies it with an eval run. The records are shared by both models.
+if [[ $what == diagnose ]]; then
+  for M in smollm2-135m gemma3-270m; do
+    $KV diagnose --model $M --task squad -n "${N:-200}" --bits 4 --axis token --threshold 0.05 \
+      --results $R/diagnose.jsonl.gz --recipe $R/recipe-$M.txt --markdown $R/diagnose-$M.md \
+      --damage-map $R/diagnose-$M.png --samples-per-batch "${SPB:-1}" --batch-size "${BATCH:-32}"
+  done
+  exit 0
+fi
+# Progressive bitstream (specs/progressive.md): every prefix of an 8-plane per-channel stream, and the
+# adaptive receiver (decode after `start` planes, ask for one more plane while the first answer
+# token's probability is below the threshold), n = 200.
+if [[ $what == progressive ]]; then
+  $KV eval-progressive --model smollm2-135m --task squad -n "${N:-200}" --stream prog8:axis=channel \
+    --policy "p1>=0.2,start=2" --policy "p1>=0.4,start=2" --policy "p1>=0.6,start=2" \
+    --policy "p1>=0.4,start=3" --policy "p1>=0.6,start=3" \
+    --results $R/progressive.jsonl.gz --batch-size "${BATCH:-32}"
+  exit 0
+fi
 
 if [[ $what == profile ]]; then
   # The committed profiles/cpu-gemma3.json has no timing for the recipe; measure it (and two
@@ -120,5 +147,8 @@ fi
 if [[ $what == report || $what == all ]]; then
   $PY $R/tables.py
   $PY $R/plot.py
+  # the accuracy records: both damage maps in one heat map, the progressive rows with a rate–accuracy plot
+  $KV report $R/diagnose.jsonl.gz --markdown $R/diagnose.md --damage-map $R/diagnose.png > /dev/null
+  $KV report $R/progressive.jsonl.gz --markdown $R/progressive.md --plot $R/progressive.png > /dev/null
 fi
 echo "done in ${SECONDS}s" >&2
