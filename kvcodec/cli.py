@@ -123,7 +123,7 @@ DEFAULT_LAYERS_PER_CHUNK = 5
 
 @cli.command()
 @click.option("--link", "link_spec", default="100Mbps", show_default=True,
-              help="channel: a bandwidth, then options (loss=1%, ge=, jitter=2ms, trace=FILE, queue=64kB, …; "
+              help="channel: a bandwidth, then options (loss=1%, ge=, ge-clock=time, jitter=2ms, trace=FILE, queue=64kB, …; "
                    "specs/link-model.md §8)")
 @click.option("--latency", default="0ms", show_default=True, help="one-way propagation delay: 10ms, 0.5s…")
 @click.option("--mtu", default="1500", show_default=True, help="largest packet on the wire, headers included (bytes)")

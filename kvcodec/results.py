@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import platform
+import re
 import subprocess
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -118,8 +119,12 @@ def provenance(lm, seed: int) -> dict[str, Any]:
     }
 
 
-def _commit() -> str:
-    here = Path(__file__).resolve().parent
+def _commit(here: Path | None = None) -> str:
+    """The git commit of the kvcodec source in use: ``<12 hex>`` (``-dirty`` with uncommitted
+    changes to tracked files) from ``git rev-parse``; outside a checkout, the commit that
+    ``git archive`` wrote into ``kvcodec/data/archive_commit.txt`` (``export-subst`` in
+    ``.gitattributes``) as ``<12 hex>-archive``; else ``"unknown"``."""
+    here = Path(__file__).resolve().parent if here is None else here
     try:
         out = subprocess.run(
             ["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5
@@ -129,7 +134,13 @@ def _commit() -> str:
             capture_output=True, text=True, timeout=5,
         )
     except (OSError, subprocess.SubprocessError):
+        out = dirty = None
+    if out is not None and out.returncode == 0:
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    try:
+        archived = (here / "data" / "archive_commit.txt").read_text(encoding="utf-8").strip()
+    except OSError:
         return "unknown"
-    if out.returncode != 0:
-        return "unknown"
-    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    if re.fullmatch(r"[0-9a-f]{40}", archived):
+        return archived[:12] + "-archive"
+    return "unknown"  # the unsubstituted placeholder: a copy of a checkout, not an archive

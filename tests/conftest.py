@@ -16,8 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import struct
-import zlib
 from typing import Iterator
 
 import pytest
@@ -25,7 +23,10 @@ import torch
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from kvcodec.cache import SLIDING_ATTENTION, KVCache, LayerKV
+from kvcodec import wire
+from kvcodec.cache import KVCache, LayerKV
+from kvcodec.testing import caches
+from kvcodec.testing.checks import payload_fuzz
 
 settings.register_profile(
     "default",
@@ -47,54 +48,13 @@ FP16_MAX = 65504.0
 
 
 # ----------------------------------------------------------------------------- caches
-def realistic_values(
-    gen: torch.Generator,
-    shape: tuple[int, ...],
-    scale: float,
-    outlier_channels: tuple[int, ...] = (),
-    sink: float = 1.0,
-) -> torch.Tensor:
-    """float32 ``[B, H, T, D]``: N(0, scale²), chosen channels ×50, first token ×``sink``,
-    clamped to ±60000 so that a float16 cache stays finite."""
-    x = torch.randn(shape, generator=gen) * scale
-    for c in set(outlier_channels):
-        x[..., c] *= 50.0
-    x[:, :, 0, :] *= sink
-    return x.clamp(-60000.0, 60000.0)  # stay finite in float16
+realistic_values = caches.realistic_values
 
 
-def make_layer(
-    gen: torch.Generator,
-    *,
-    batch: int = 1,
-    heads: int = 2,
-    seq: int = 8,
-    head_dim: int = 16,
-    head_dim_v: int | None = None,
-    dtype: torch.dtype = torch.float32,
-    scale: float = 1.0,
-    outliers: tuple[int, ...] = (),
-    sink: float = 1.0,
-    kind: str = "full",
-    extra_seen: int = 0,
-    window: int | None = None,
-    per_head: bool = False,
-) -> LayerKV:
-    """One layer. ``kind``: ``"full"`` (contiguous), ``"sliding"`` (window ≥ seq, seen =
-    seq + extra_seen) or ``"selected"`` (explicit non-contiguous positions, shared or per head)."""
-    dv = head_dim if head_dim_v is None else head_dim_v
-    k = realistic_values(gen, (batch, heads, seq, head_dim), scale, tuple(c for c in outliers if c < head_dim), sink)
-    v = realistic_values(gen, (batch, heads, seq, dv), scale, tuple(c for c in outliers if c < dv), sink)
-    k, v = k.to(dtype), v.to(dtype)
-    if kind == "full":
-        return LayerKV.contiguous(k, v)
-    if kind == "sliding":
-        w = window if window is not None else seq + 1
-        return LayerKV.contiguous(k, v, seq + extra_seen, layer_type=SLIDING_ATTENTION, sliding_window=w)
-    seen = seq + max(extra_seen, 1)
-    rows = heads if per_head else 1
-    pos = torch.stack([torch.randperm(seen, generator=gen)[:seq].sort().values for _ in range(rows)])
-    return LayerKV(k, v, pos if per_head else pos[0], seen)
+def make_layer(gen: torch.Generator, *, seq: int = 8, window: int | None = None, **kw) -> LayerKV:
+    """:func:`kvcodec.testing.caches.make_layer`, with a sliding window of ``seq + 1`` by
+    default (a sliding layer not yet full) unless ``window`` is given."""
+    return caches.make_layer(gen, seq=seq, window=seq + 1 if window is None else window, **kw)
 
 
 def make_cache(seed: int = 0, layers: int = 2, **kw) -> KVCache:
@@ -295,30 +255,9 @@ def time_limit(seconds: float) -> Iterator[None]:
 
 
 # ----------------------------------------------------------------------------- raw payload surgery
-PREAMBLE_SIZE = 12
-
-
-def split_payload(data: bytes) -> tuple[bytes, bytes, list[bytes]]:
-    """(preamble, header, [section bodies]) of a well-formed payload, by its length fields."""
-    header_len = struct.unpack_from("<I", data, 8)[0]
-    pre, header = data[:PREAMBLE_SIZE], data[PREAMBLE_SIZE : PREAMBLE_SIZE + header_len]
-    pos, bodies = PREAMBLE_SIZE + header_len + 4, []
-    while pos < len(data):
-        (n,) = struct.unpack_from("<I", data, pos)
-        bodies.append(data[pos + 4 : pos + 4 + n])
-        pos += 8 + n
-    assert pos == len(data)
-    return pre, header, bodies
-
-
-def join_payload(pre: bytes, header: bytes, bodies: list[bytes]) -> bytes:
-    """Reassemble a payload with correct lengths and CRC-32s (``zlib.crc32``)."""
-    pre = pre[:8] + struct.pack("<I", len(header))
-    out = bytearray(pre + header + struct.pack("<I", zlib.crc32(pre + header)))
-    for body in bodies:
-        length = struct.pack("<I", len(body))
-        out += length + body + struct.pack("<I", zlib.crc32(length + body))
-    return bytes(out)
+PREAMBLE_SIZE = wire.PREAMBLE.size
+split_payload = payload_fuzz.split_payload
+join_payload = payload_fuzz.join_payload
 
 
 @pytest.fixture

@@ -102,8 +102,10 @@ def test_arq_delivers_every_byte_in_order_under_loss(seed, data_loss, ack_loss, 
     reorder=st.booleans(),
     queue=st.one_of(st.none(), st.integers(0, 20)),
     packets=st.integers(1, 300),
+    clock=st.sampled_from(["packet", "time"]),
 )
-def test_arq_delivers_every_byte_over_bursty_jittery_queued_channels(seed, rate, burst, ack_loss, jitter, reorder, queue, packets):
+def test_arq_delivers_every_byte_over_bursty_jittery_queued_channels(seed, rate, burst, ack_loss, jitter, reorder, queue, packets,
+                                                                     clock):
     link = Link(bandwidth_bps=1e7, latency_s=0.001, mtu_bytes=140, header_bytes=40)
     nbytes = packets * link.payload_per_packet
     channel = Channel(
@@ -113,6 +115,7 @@ def test_arq_delivers_every_byte_over_bursty_jittery_queued_channels(seed, rate,
         jitter=UniformJitter(jitter),
         reorder=reorder,
         queue=QueueLimit(packets=queue) if queue is not None else None,
+        ge_clock=clock,
     )
     check_reliable_delivery(simulate_arq(channel, nbytes, seed=seed), link, nbytes)
 

@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kvcodec_sim import Bernoulli, GilbertElliott, LinkSpecError, LossModel
 from kvcodec_sim.loss import NO_LOSS, parse_gilbert_elliott, parse_loss
@@ -170,6 +172,66 @@ def test_gilbert_elliott_is_reproducible_and_starts_stationary():
     assert (draw(model, 3000, seed=5) == draw(model, 3000, seed=5)).all()
     first = [next(model.losses(np.random.default_rng(seed))) for seed in range(2000)]
     assert abs(np.mean(first) - 0.5) < 4 * math.sqrt(0.25 / 2000)  # the first packet's state is stationary
+
+
+# ---------------------------------------------------------------- the time clock (idle steps)
+
+
+@given(p_gb=st.floats(0.0, 1.0), p_bg=st.floats(0.01, 1.0), steps=st.integers(0, 60), bad=st.booleans())
+def test_bad_after_is_the_transition_matrix_power(p_gb, p_bg, steps, bad):
+    model = GilbertElliott(p_gb, p_bg, loss_good=0.0, loss_bad=0.5)
+    transition = np.array([[1 - p_gb, p_gb], [p_bg, 1 - p_bg]])  # rows: from Good, from Bad
+    expected = np.linalg.matrix_power(transition, steps)[int(bad), 1]
+    assert model.bad_after(steps, bad) == pytest.approx(expected, abs=1e-9)
+
+
+def test_bad_after_rejects_negative_steps():
+    with pytest.raises(ValueError, match="steps"):
+        GilbertElliott(0.01, 0.25).bad_after(-1, True)
+
+
+def test_send_zero_is_next_and_idle_steps_draw_once():
+    model = GilbertElliott(0.05, 0.3)
+    plain = draw(model, 5000, seed=4)
+    gen = model.losses(np.random.default_rng(4))
+    sent = [next(gen)] + [gen.send(0) for _ in range(4999)]
+    assert (np.array(sent) == plain).all()  # k = 0 draws nothing more: the packet clock's sequence
+    gen = model.losses(np.random.default_rng(4))
+    with_idle = [next(gen)] + [gen.send(3 if i == 10 else 0) for i in range(4999)]
+    assert with_idle[:11] == list(plain[:11]) and with_idle != list(plain)
+
+
+def test_independent_loss_ignores_idle_steps():
+    model = Bernoulli(0.2)
+    gen = model.losses(np.random.default_rng(9))
+    assert [next(gen)] + [gen.send(7) for _ in range(999)] == list(draw(model, 1000, seed=9))
+
+
+@pytest.mark.parametrize("model", [GilbertElliott(0.01, 0.25), GilbertElliott(0.02, 0.2, loss_good=0.01, loss_bad=0.7)],
+                         ids=["gilbert", "elliott"])
+def test_idle_steps_keep_the_stationary_loss_rate(model):
+    # random idle gaps between packets: still the stationary rate. λ ≥ 0 here, so idle steps
+    # only weaken the correlation: the packet clock's asymptotic variance bounds this one.
+    count = 200_000
+    gaps = np.random.default_rng(1).choice([0, 0, 1, 5, 100], size=count).tolist()
+    gen = model.losses(np.random.default_rng(21))
+    lost = np.array([next(gen)] + [gen.send(k) for k in gaps[1:]])
+    bound = 4 * asymptotic_sd_of_loss_indicator(model) / math.sqrt(count)
+    assert abs(lost.mean() - model.loss_rate) < bound, (lost.mean(), model.loss_rate, bound)
+
+
+def test_long_idle_gaps_make_losses_independent():
+    # with 1000 idle steps between packets the chain forgets its state: P(lost | previous lost)
+    # falls from 1 − p_bg = 0.75 (back to back) to the stationary rate r = 3.85 %.
+    model = GilbertElliott(0.01, 0.25)
+    count = 200_000
+    gen = model.losses(np.random.default_rng(22))
+    lost = np.array([next(gen)] + [gen.send(1000) for _ in range(count - 1)])
+    after_loss = lost[1:][lost[:-1]]
+    r = model.loss_rate
+    assert abs(after_loss.mean() - r) < 5 * math.sqrt(r * (1 - r) / len(after_loss)), after_loss.mean()
+    back_to_back = draw(model, count, seed=22)
+    assert back_to_back[1:][back_to_back[:-1]].mean() > 0.7
 
 
 # ---------------------------------------------------------------- parsing

@@ -62,6 +62,7 @@ def make_layer(
     per_head: bool = False,
     contiguous: bool = True,
     device: torch.device | str | None = None,
+    window: int | None = None,
 ) -> LayerKV:
     """One decoder layer of ``dtype`` (float32, float16 or bfloat16) on ``device``.
 
@@ -69,8 +70,8 @@ def make_layer(
     (default: ``head_dim``), drawn by :func:`realistic_values`. ``kind``:
 
     - ``"full"``: full attention, positions ``0 … seq − 1``;
-    - ``"sliding"``: a sliding-window layer (window ``seq``) that has seen
-      ``seq + extra_seen`` tokens and keeps the last ``seq``;
+    - ``"sliding"``: a sliding-window layer (window ``window``, default ``seq``; at least
+      ``seq``) that has seen ``seq + extra_seen`` tokens and keeps the last ``seq``;
     - ``"selected"``: explicit, sorted, non-contiguous positions out of
       ``seq + max(extra_seen, 1)`` seen tokens, shared by all heads or (``per_head``) one
       row per KV head — what a token selector leaves.
@@ -94,7 +95,8 @@ def make_layer(
     if kind == "full":
         return LayerKV.contiguous(k, v)
     if kind == "sliding":
-        return LayerKV.contiguous(k, v, seq + extra_seen, layer_type=SLIDING_ATTENTION, sliding_window=seq)
+        w = seq if window is None else window
+        return LayerKV.contiguous(k, v, seq + extra_seen, layer_type=SLIDING_ATTENTION, sliding_window=w)
     seen = seq + max(extra_seen, 1)
     rows = heads if per_head else 1
     pos = torch.stack([torch.randperm(seen, generator=gen)[:seq].sort().values for _ in range(rows)])

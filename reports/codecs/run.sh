@@ -16,7 +16,11 @@ P="--processes ${PROCS:-1} --samples-per-batch ${SPB:-1} --batch-size ${BATCH:-3
 what="${1:-squad}"
 if [[ $what == report ]]; then
   $KV report $R/squad.jsonl.gz --markdown $R/squad.md --plot $R/squad.png --frontier $R/frontier.png > /dev/null
-  echo "wrote $R/squad.{md,png} and $R/frontier.png"
+  # the frontier over every SQuAD pipeline of both reports (same 200 samples, same baselines):
+  # this grid plus reports/accuracy's quantizers (INT5/INT6, KIVI, layer-0 rules, ...)
+  $KV report reports/accuracy/squad.jsonl.gz $R/squad.jsonl.gz --markdown $R/all-squad.md \
+    --frontier $R/frontier-all.png > /dev/null
+  echo "wrote $R/squad.{md,png}, $R/frontier.png, $R/all-squad.md and $R/frontier-all.png"
   exit 0
 fi
 if [[ $what == squad ]]; then

@@ -110,11 +110,13 @@ loss() {  # model seed
 }
 
 # Bursty loss: simple Gilbert model, mean loss 10.0 % (p_gb = 2.78 %, p_bg = 25 %: bursts of 4
-# packets), both directions. A one-point bandwidth sweep keeps the ge= loss of --link and, like
+# packets), both directions, on the time clock (ge-clock=time: the chain also steps once per idle
+# MTU time, so a burst lasts about 4 packet times even while a blocked ARQ sender is silent;
+# specs/link-model.md §7.1). A one-point bandwidth sweep keeps the ge= loss of --link and, like
 # every sweep, skips generating answers.
 bursty() {  # model seed
   echo "== bursty-$1 seed $2 (at ${SECONDS}s)" >&2
-  $KV simulate --model $1 --profile "$(profile_of $1 cpu)" --device cpu --link 100Mbps,ge=2.78%/25% --latency 20ms \
+  $KV simulate --model $1 --profile "$(profile_of $1 cpu)" --device cpu --link 100Mbps,ge=2.78%/25%,ge-clock=time --latency 20ms \
     --seed $2 --pipeline fp16 --pipeline int8 --pipeline-file $R/recipe-$1.txt --stream \
     --sweep-bandwidth 100Mbps..100Mbps --sweep-points 1 --json > $D/bursty-$1-seed$2.json
 }

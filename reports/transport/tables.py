@@ -230,8 +230,8 @@ def loss_md() -> tuple[str, list[str]]:
              "MTU 1500 B, independent (Bernoulli) loss of data packets and ACKs alike, selective-repeat "
              "ARQ with kvcodec's defaults (window: twice the bandwidth-delay product, min RTO 200 ms). "
              "Each cell is the median over the seeds, [min–max] when they differ; the last row of each "
-             "table is bursty loss (simple Gilbert model, `ge=2.78%/25%`: mean loss 10.0 %, mean burst "
-             "4 packets). Goodput = payload bits ÷ in-order delivery time of one payload; retx = "
+             "table is bursty loss (simple Gilbert model, `ge=2.78%/25%,ge-clock=time`: mean loss 10.0 %, "
+             "mean burst 4 packets, the chain also stepping once per idle MTU time). Goodput = payload bits ÷ in-order delivery time of one payload; retx = "
              "data retransmissions. TTFT in ms (one payload / streamed in chunks of 5 layers). CPU "
              "receiver profiles.", ""]
     key: list[str] = []
@@ -245,7 +245,7 @@ def loss_md() -> tuple[str, list[str]]:
                   f"recipe `{rec}` · seeds {', '.join(map(str, seeds))}", ""]
         pts = [[run["points"][i] for run in runs] for i in range(len(runs[0]["points"]))]
         bpts = [run["points"][0] for run in bursty]
-        table = [(f"{pts_i[0]['x'] * 100:.3g} %", pts_i) for pts_i in pts] + [("GE 10.0 %, bursts of 4", bpts)]
+        table = [(f"{pts_i[0]['x'] * 100:.3g} %", pts_i) for pts_i in pts] + [("GE 10.0 %, bursts of 4, time clock", bpts)]
 
         def cell(ps, name, field, fmt):
             return median_range([rows_by_name(p)[name][field] for p in ps], fmt)

@@ -19,6 +19,7 @@ Spec string (:meth:`Channel.parse`), a bandwidth then options, comma-separated::
     100Mbps,data-loss=0.05,ack-loss=0   5 % on data packets only
     1Gbps,ge=0.01/0.25                  Gilbert (bursty) loss in both directions
     1Gbps,data-ge=1%/25%/0.001/0.5      Gilbert–Elliott on data: p_gb/p_bg/loss_good/loss_bad
+    1Gbps,ge=0.01/0.25,ge-clock=time    the chain also steps once per idle MTU slot
     100Mbps,jitter=2ms                  + uniform [0, 2 ms] per packet, FIFO
     100Mbps,jitter=exp:1ms,reorder=yes  + exponential, mean 1 ms; packets may overtake
     100Mbps,trace=lte.csv,queue=100pkt  data rate from a trace file, 100-packet drop-tail queue
@@ -41,7 +42,9 @@ from kvcodec_sim.trace import BandwidthTrace
 __all__ = ["Channel", "CHANNEL_OPTIONS"]
 
 #: Keys a channel spec accepts after the bandwidth.
-CHANNEL_OPTIONS = ("loss", "data-loss", "ack-loss", "ge", "data-ge", "ack-ge", "jitter", "reorder", "trace", "queue")
+CHANNEL_OPTIONS = ("loss", "data-loss", "ack-loss", "ge", "data-ge", "ack-ge", "ge-clock", "jitter", "reorder", "trace", "queue")
+#: Clocks of the Gilbert–Elliott chain: one step per packet sent, or also one per idle MTU slot.
+GE_CLOCKS = ("packet", "time")
 _EXAMPLE = "100Mbps,loss=1%,jitter=2ms or 1Gbps,data-ge=0.01/0.25,queue=100pkt"
 _YES = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
 
@@ -69,6 +72,11 @@ class Channel:
             ``link.bandwidth_bps``.
         queue: capacity of the data direction's drop-tail bottleneck queue; ``None`` for
             unlimited.
+        ge_clock: ``"packet"`` (default): a Gilbert–Elliott chain steps once per packet
+            sent (Gilbert 1960); ``"time"``: also once per MTU-sized slot the link stands
+            idle, so a burst lasts a time, not a number of packets sent — an ARQ sender
+            that only retransmits once per RTO then does not stay in a burst for many RTOs
+            (``specs/link-model.md`` §7.1). No effect on independent loss.
 
     Raises:
         TypeError: at construction, a field has the wrong type (the message names it).
@@ -81,6 +89,7 @@ class Channel:
     reorder: bool = attrs.field(default=False, validator=_is(bool, "a bool"))
     trace: BandwidthTrace | None = attrs.field(default=None, validator=_is((BandwidthTrace, type(None)), "a BandwidthTrace or None"))
     queue: QueueLimit | None = attrs.field(default=None, validator=_is((QueueLimit, type(None)), "a QueueLimit or None"))
+    ge_clock: str = attrs.field(default="packet", validator=attrs.validators.in_(GE_CLOCKS))
 
     @classmethod
     def parse(
@@ -97,6 +106,7 @@ class Channel:
             spec   := bandwidth ("," option)*
             option := "loss=" P | "data-loss=" P | "ack-loss=" P           independent loss
                     | "ge=" G | "data-ge=" G | "ack-ge=" G                 Gilbert–Elliott
+                    | "ge-clock=" ("packet" | "time")                      its clock
                     | "jitter=" D | "jitter=uniform:" D | "jitter=exp:" D
                     | "reorder=" (yes|no|true|false|on|off|1|0)
                     | "trace=" PATH | "queue=" N "pkt" | "queue=" SIZE "B"
@@ -141,10 +151,15 @@ class Channel:
             return models[side + "-"] or models[""] or NO_LOSS
 
         reorder = option("reorder", lambda text: _flag("reorder", text))
+        data_loss, ack_loss = direction("data"), direction("ack")
+        clock = option("ge-clock", _ge_clock)
+        if clock is not None and not any(isinstance(m, GilbertElliott) for m in (data_loss, ack_loss)):
+            raise LinkSpecError(f"invalid link spec {quoted(spec)}: ge-clock needs ge=, data-ge= or ack-ge=")
         return cls(
             link=link,
-            data_loss=direction("data"),
-            ack_loss=direction("ack"),
+            data_loss=data_loss,
+            ack_loss=ack_loss,
+            ge_clock=clock or "packet",
             jitter=option("jitter", parse_jitter) or NO_JITTER,
             reorder=bool(reorder),
             trace=option("trace", BandwidthTrace.load),
@@ -172,6 +187,7 @@ class Channel:
         data_loss, ack_loss, data_jitter, ack_jitter = (np.random.default_rng(s) for s in sequence.spawn(4))
         has_jitter = self.jitter.mean_s > 0.0
         link = self.link
+        slot = link.mtu_bytes if self.ge_clock == "time" else None
         data = Path(
             self.trace if self.trace is not None else link.bandwidth_bps,
             link.latency_s,
@@ -179,6 +195,7 @@ class Channel:
             delays=self.jitter.delays(data_jitter) if has_jitter else None,
             reorder=self.reorder,
             queue=self.queue,
+            slot_bytes=slot,
         )
         ack = Path(
             link.bandwidth_bps,
@@ -186,6 +203,7 @@ class Channel:
             losses=self.ack_loss.losses(ack_loss) if self.ack_loss.loss_rate > 0.0 else None,
             delays=self.jitter.delays(ack_jitter) if has_jitter else None,
             reorder=self.reorder,
+            slot_bytes=slot,
         )
         return data, ack
 
@@ -198,6 +216,8 @@ class Channel:
         ]
         for name, model in (("data loss", self.data_loss), ("ACK loss", self.ack_loss)):
             parts.append(f"{name} {_describe_loss(model)}")
+        if self.ge_clock == "time":
+            parts.append("Gilbert-Elliott clock: also one step per idle MTU slot")
         if self.jitter.mean_s > 0.0:
             if isinstance(self.jitter, UniformJitter):
                 shape = f"uniform 0-{self.jitter.max_s * 1e3:g} ms"
@@ -225,6 +245,13 @@ def _describe_loss(model: LossModel) -> str:
             f"loss {model.loss_good:g}/{model.loss_bad:g}; mean burst {model.mean_burst_length:.3g} packets)"
         )
     return f"{model.loss_rate:.4g} ({type(model).__name__})"
+
+
+def _ge_clock(text: str) -> str:
+    clock = text.strip().lower()
+    if clock not in GE_CLOCKS:
+        raise LinkSpecError(f"expected {' or '.join(GE_CLOCKS)}")
+    return clock
 
 
 def _flag(name: str, text: str) -> bool:

@@ -4,6 +4,10 @@ A loss model is a frozen description; :meth:`LossModel.losses` turns it into an 
 iterator of ``True`` (lost) / ``False`` (delivered), one value per packet put on one
 direction of the wire, driven by a seeded :class:`numpy.random.Generator`. Uniform numbers
 are drawn in blocks (:data:`BLOCK` at a time) so that a packet costs one ``next()``.
+The iterators are generators: ``send(k)`` in place of ``next()`` says that ``k`` idle
+packet slots passed on the link before this packet (the ``ge-clock=time`` channel option,
+``specs/link-model.md`` §7.1). Memoryless models ignore it; the Gilbert–Elliott chain
+moves ``k`` extra steps.
 
     >>> import numpy as np
     >>> model = GilbertElliott(p_gb=0.01, p_bg=0.25)          # Gilbert: lose every packet in "bad"
@@ -46,7 +50,8 @@ class LossModel(Protocol):
         """Mean number of packets in a run of consecutive losses (0.0 when nothing is lost)."""
 
     def losses(self, rng: np.random.Generator) -> Iterator[bool]:
-        """An endless iterator: for each packet in order, ``True`` if it is lost."""
+        """An endless generator: for each packet in order, ``True`` if it is lost. Resumed
+        with ``send(k)`` instead of ``next()``, it first lets ``k`` idle packet slots pass."""
 
 
 def _real(field: str):
@@ -202,21 +207,38 @@ class GilbertElliott:
         ends = (1.0 - bad) * lg * after_good + bad * lb * after_bad
         return rate / ends if ends > 0.0 else math.inf
 
+    def bad_after(self, steps: int, bad: bool) -> float:
+        """Probability that the chain is in Bad ``steps`` steps after being in Bad (``bad``)
+        or Good: ``π_B + (1 − π_B) λᵏ`` from Bad and ``π_B (1 − λᵏ)`` from Good, with
+        ``λ = 1 − p_gb − p_bg`` (the second eigenvalue of the transition matrix).
+
+        Raises:
+            ValueError: ``steps`` is negative.
+        """
+        if steps < 0:
+            raise ValueError(f"steps must be >= 0, got {steps!r}")
+        pi_b, lam_k = self.bad_fraction, (1.0 - self.p_gb - self.p_bg) ** steps
+        return pi_b + (1.0 - pi_b) * lam_k if bad else pi_b * (1.0 - lam_k)
+
     def losses(self, rng: np.random.Generator) -> Iterator[bool]:
         """Per packet: draw ``u1``, lost iff ``u1 < ℓ(S)``; draw ``u2``, then Good → Bad iff
         ``u2 < p_gb`` and Bad → Good iff ``u2 < p_bg``. The initial state takes one draw
-        first: Bad iff ``u0 < π_B``."""
+        first: Bad iff ``u0 < π_B``. Resumed with ``send(k)``, ``k > 0``, after a packet, the
+        chain then takes ``k`` more steps with one more draw ``u3``: Bad iff
+        ``u3 < bad_after(k, S)``."""
         p_gb, p_bg, loss_good, loss_bad = self.p_gb, self.p_bg, self.loss_good, self.loss_bad
         bad = bool(rng.random() < self.bad_fraction)
         while True:
             block = rng.random(2 * BLOCK).tolist()
             for i in range(0, 2 * BLOCK, 2):
                 if bad:
-                    yield block[i] < loss_bad
+                    idle = yield block[i] < loss_bad
                     bad = block[i + 1] >= p_bg
                 else:
-                    yield block[i] < loss_good
+                    idle = yield block[i] < loss_good
                     bad = block[i + 1] < p_gb
+                if idle:
+                    bad = bool(rng.random() < self.bad_after(idle, bad))
 
 
 def parse_loss(text: str) -> Bernoulli:

@@ -10,7 +10,11 @@ A packet handed to a :class:`Path` at time ``now``:
    constant rate, or ``end = trace.finish_time(start, wire_bytes · 8)`` with a
    :class:`~kvcodec_sim.trace.BandwidthTrace`.
 3. **Wire.** The loss model decides (one draw per serialized packet, in order) whether
-   the packet is lost on the wire; a lost packet still used its serialization time.
+   the packet is lost on the wire; a lost packet still used its serialization time. With
+   ``slot_bytes`` set (the channel's ``ge-clock=time``), the loss model is first told how
+   many packet slots of ``slot_bytes`` the link stood idle since the previous packet's
+   serialization ended (``floor(idle · rate / (8 · slot_bytes))``, at this packet's rate),
+   so that a bursty model's state evolves with time, not only with packets sent.
 4. **Propagation.** A delivered packet's last bit arrives at ``end + latency_s + jitter``
    (one jitter draw per delivered packet, in order). On a FIFO path the arrival is
    raised to the previous delivered packet's arrival if it would overtake it; with
@@ -43,6 +47,8 @@ class Path:
             ``None`` for no jitter.
         reorder: let jittered packets overtake one another (default: FIFO).
         queue: capacity of the bottleneck queue, or ``None`` for unlimited.
+        slot_bytes: wire bytes of one idle slot for the loss model's clock (the MTU), or
+            ``None`` (default) for a clock that advances only per packet sent.
 
     Counters (read them after the run): ``handed`` packets handed over, ``queue_drops``,
     ``serialized`` packets and ``serialized_bytes`` wire bytes put on the wire (lost ones
@@ -57,6 +63,7 @@ class Path:
         delays: Iterator[float] | None = None,
         reorder: bool = False,
         queue: QueueLimit | None = None,
+        slot_bytes: int | None = None,
     ):
         if isinstance(rate, BandwidthTrace):
             self._trace, self._rate_bps = rate, None
@@ -67,6 +74,9 @@ class Path:
         self._delays = delays
         self._reorder = reorder
         self._queue = DropTailQueue(queue) if queue is not None else None
+        if slot_bytes is not None and slot_bytes <= 0:
+            raise ValueError(f"slot_bytes must be > 0, got {slot_bytes!r}")
+        self._slot_bytes = slot_bytes
         self.busy_until_s = 0.0
         self._last_arrival_s = 0.0
         self.handed = 0
@@ -95,10 +105,15 @@ class Path:
             end = start + wire_bytes * 8 / self._rate_bps
         else:
             end = self._trace.finish_time(start, wire_bytes * 8)
-        self.busy_until_s = end
+        idle_since, self.busy_until_s = self.busy_until_s, end
+        if self._losses is not None:
+            idle_slots = 0
+            if self._slot_bytes is not None and self.serialized and start > idle_since and end > start:
+                idle_slots = int((start - idle_since) / ((end - start) * self._slot_bytes / wire_bytes))
+            lost = self._losses.send(idle_slots) if idle_slots else next(self._losses)
         self.serialized += 1
         self.serialized_bytes += wire_bytes
-        if self._losses is not None and next(self._losses):
+        if self._losses is not None and lost:
             self.wire_losses += 1
             return None
         arrival = end + self.latency_s

@@ -50,18 +50,28 @@ def _expect_decode_error(c: str, subject: Subject, data: bytes, label: str, allo
         raise _fail(c, subject, f"payload {label}: decode returned {type(out).__name__}")
 
 
-def _split(data: bytes) -> tuple[bytes, bytes, list[bytes]]:
-    (header_len,) = struct.unpack_from("<I", data, 8)
-    pre, header = data[:12], data[12 : 12 + header_len]
-    pos, bodies = 12 + header_len + 4, []
+def split_payload(data: bytes) -> tuple[bytes, bytes, list[bytes]]:
+    """(preamble, header, [section bodies]) of a well-formed payload, by its length fields
+    (``specs/wire-format.md``).
+
+    Raises:
+        ValueError: the length fields do not add up to ``len(data)``.
+    """
+    header_len = struct.unpack_from("<I", data, 8)[0]
+    pre, header = data[:wire.PREAMBLE.size], data[wire.PREAMBLE.size : wire.PREAMBLE.size + header_len]
+    pos, bodies = wire.PREAMBLE.size + header_len + 4, []
     while pos < len(data):
         (length,) = struct.unpack_from("<I", data, pos)
         bodies.append(data[pos + 4 : pos + 4 + length])
         pos += 8 + length
+    if pos != len(data):
+        raise ValueError(f"length fields add up to {pos} bytes, the payload has {len(data)}")
     return pre, header, bodies
 
 
-def _join(pre: bytes, header: bytes, bodies: list[bytes]) -> bytes:
+def join_payload(pre: bytes, header: bytes, bodies: list[bytes]) -> bytes:
+    """Reassemble a payload from :func:`split_payload`'s parts with correct lengths and
+    CRC-32s (``zlib.crc32``)."""
     pre = pre[:8] + struct.pack("<I", len(header))
     out = bytearray(pre + header + struct.pack("<I", zlib.crc32(pre + header)))
     for body in bodies:
@@ -118,7 +128,7 @@ def check_corruption(subject: Subject, cache: KVCache, flips: int = 120, seed: i
         bad = bytearray(data)
         bad[pos] ^= rng.randrange(1, 256)
         _expect_decode_error(c, subject, bytes(bad), f"with byte {pos} changed", allow_success=False)
-    pre, header, bodies = _split(data)
+    pre, header, bodies = split_payload(data)
     parts = [header] + bodies
     for _ in range(flips):
         which = rng.randrange(len(parts))
@@ -132,7 +142,7 @@ def check_corruption(subject: Subject, cache: KVCache, flips: int = 120, seed: i
             changed.append(pos)
         new = list(parts)
         new[which] = bytes(part)
-        bad = _join(pre, new[0], new[1:])
+        bad = join_payload(pre, new[0], new[1:])
         label = f"with {'header' if which == 0 else f'layer {which - 1} section'} bytes {changed} changed (checksums fixed)"
         strict_decode(subject, bad, label, c)
         _expect_decode_error(c, subject, bad, label, allow_success=True)
