@@ -515,11 +515,8 @@ def simulate_channel(prep: Prepared, channel: Link | Channel, opts: Options = Op
         else:
             timelines.append(whole)
         best = min(whole.ttft_s, stream.ttft_s) if stream else whole.ttft_s
-        rows.append(Row(
-            pipeline=m.name,
-            bytes=m.bytes,
-            ratio_fp16=m.bytes / prep.fp16_bytes,
-            bits_per_element=8 * m.bytes / prep.elements,
+        rows.append(_row(
+            prep, m.name, m.bytes, target, best,
             rel_error=m.rel_error,
             encode_s=m.encode_s,
             decode_s=m.decode_s,
@@ -532,7 +529,6 @@ def simulate_channel(prep: Prepared, channel: Link | Channel, opts: Options = Op
             retransmissions=d.retransmissions,
             stream_bytes=stream.nbytes if stream else None,
             stream_ttft_s=stream.ttft_s if stream else None,
-            met_target=None if target is None else best <= target,
         ))
     adaptive = None
     if prep.levels and target is not None:
@@ -546,11 +542,8 @@ def simulate_channel(prep: Prepared, channel: Link | Channel, opts: Options = Op
     text = build_timeline([ChunkWork(prep.text_bytes, 0.0, prep.text_prefill_s, 0, prep.layers, "text")], d,
                           label=TEXT_ROW, mode="text")
     timelines.append(text)
-    rows.append(Row(
-        pipeline=TEXT_ROW,
-        bytes=prep.text_bytes,
-        ratio_fp16=prep.text_bytes / prep.fp16_bytes,
-        bits_per_element=8 * prep.text_bytes / prep.elements,
+    rows.append(_row(
+        prep, TEXT_ROW, prep.text_bytes, target, text.ttft_s,
         rel_error=None,
         encode_s=0.0,
         decode_s=0.0,
@@ -561,9 +554,16 @@ def simulate_channel(prep: Prepared, channel: Link | Channel, opts: Options = Op
         same_answer=True,
         goodput_bps=d.goodput_bps,
         retransmissions=d.retransmissions,
-        met_target=None if target is None else text.ttft_s <= target,
     ))
     return rows, adaptive, timelines
+
+
+def _row(prep: Prepared, pipeline: str, nbytes: int, target: float | None, best_s: float, **fields) -> Row:
+    """A :class:`Row` of ``nbytes`` bytes: its ratio to FP16 and bits per element from
+    ``prep``; it meets ``target`` (seconds) when its best TTFT ``best_s`` is within it."""
+    return Row(pipeline=pipeline, bytes=nbytes, ratio_fp16=nbytes / prep.fp16_bytes,
+               bits_per_element=8 * nbytes / prep.elements,
+               met_target=None if target is None else best_s <= target, **fields)
 
 
 def _progressive_rows(prep: Prepared, channel: Channel, opts: Options) -> list[Row]:
@@ -585,12 +585,11 @@ def _progressive_rows(prep: Prepared, channel: Channel, opts: Options) -> list[R
 
     def row(name: str, planes: int, nbytes: int, transfer: float, receiver: float, ttft: float, retx: int) -> Row:
         i = pm.at(planes)
-        return Row(
-            pipeline=name, bytes=nbytes, ratio_fp16=nbytes / prep.fp16_bytes, bits_per_element=8 * nbytes / prep.elements,
+        return _row(
+            prep, name, nbytes, target, ttft,
             rel_error=pm.rel_error[i], encode_s=0.0 if opts.encode_ahead else pm.encode_s, decode_s=pm.decode_s[i],
             transfer_s=transfer, receiver_s=receiver, ttft_s=ttft, answer=pm.answer[i], same_answer=pm.same_answer[i],
             goodput_bps=8 * nbytes / transfer if transfer > 0 else 0.0, retransmissions=retx,
-            met_target=None if target is None else ttft <= target,
         )
 
     for planes in pm.reachable[1:]:
