@@ -245,12 +245,40 @@ class _Recorder:
 
 def test_path_counts_idle_mtu_slots_for_the_loss_clock():
     rec = _Recorder()
-    path = Path(8000.0, 0.0, losses=rec, slot_bytes=1000)  # a 1000-byte slot is 1 s at 8 kbit/s
+    path = Path(8000.0, 0.0, losses=rec, slot_s=1.0)
     assert path.send(0.0, 1000) == 1.0      # first packet: next()
     assert path.send(3.5, 1000) == 4.5      # idle 1.0 → 3.5: 2 whole slots
     assert path.send(4.0, 500) == 5.0       # queued behind the previous packet: back to back
     assert path.send(9.25, 500) == 9.75     # idle 5.0 → 9.25 at 8 kbit/s: 4 slots of 1000 B
     assert rec.calls == [None, 2, None, 4]
+    with pytest.raises(ValueError, match="slot_s"):
+        Path(8000.0, 0.0, slot_s=float("nan"))
+
+
+@pytest.mark.parametrize("bandwidth", ["100Mbps", "1Gbps", "10Gbps"])
+def test_an_idle_time_of_exactly_n_mtu_counts_n_slots(bandwidth):
+    link = Link.parse(bandwidth)
+    slot = link.mtu_bytes * 8 / link.bandwidth_bps
+    for n in range(1, 200):
+        rec = _Recorder()
+        path = Channel(link, data_loss=GilbertElliott(0.01, 0.25), ge_clock="time").open(0)[0]
+        path._losses = rec
+        path.send(0.0, 1500)
+        path.send(slot + n * slot, 1500)  # the first packet ends at one slot; then n idle slots
+        assert rec.calls == [None, n], (n, rec.calls)
+
+
+def test_the_slot_is_one_mtu_at_the_nominal_bandwidth_even_with_a_trace():
+    from kvcodec_sim import BandwidthTrace
+
+    trace = BandwidthTrace.parse("0 100e6\n0.5 1e6\n")  # the data rate drops 100-fold at 0.5 s
+    link = Link.parse("100Mbps")
+    rec = _Recorder()
+    path = Channel(link, data_loss=GilbertElliott(0.01, 0.25), trace=trace, ge_clock="time").open(0)[0]
+    path._losses = rec
+    path.send(0.0, 1500)            # ends at 120 µs
+    path.send(0.6, 1500)            # slow packet: the idle time is still counted in 120 µs slots
+    assert rec.calls == [None, int((0.6 - 1500 * 8 / 100e6) / (1500 * 8 / 100e6))]
     plain = _Recorder()
     path = Path(8000.0, 0.0, losses=plain)  # packet clock: never told about idle time
     for t in (0.0, 3.5, 4.0, 9.25):

@@ -201,6 +201,35 @@ def test_send_zero_is_next_and_idle_steps_draw_once():
     assert with_idle[:11] == list(plain[:11]) and with_idle != list(plain)
 
 
+def test_draws_follow_the_spec_order_literally():
+    # specs/link-model.md §7.1: u0 for the initial state; per packet u1 (loss) and u2
+    # (transition); before a packet after k > 0 idle slots one more u3 — all successive
+    # draws of one stream, across the implementation's block boundaries.
+    model = GilbertElliott(0.3, 0.4, loss_good=0.1, loss_bad=0.8)
+    gaps = np.random.default_rng(7).choice([0, 0, 0, 1, 3, 50], size=12_000).tolist()
+    rng = np.random.default_rng(1)
+    bad, expected = rng.random() < model.bad_fraction, []
+    for i, k in enumerate(gaps):
+        if i and k:
+            bad = rng.random() < model.bad_after(k, bad)
+        expected.append(rng.random() < (model.loss_bad if bad else model.loss_good))
+        u2 = rng.random()
+        bad = u2 >= model.p_bg if bad else u2 < model.p_gb
+    gen = model.losses(np.random.default_rng(1))
+    got = [next(gen)] + [gen.send(k) for k in gaps[1:]]
+    assert got == expected
+
+
+def test_no_loss_also_takes_idle_steps():
+    gen = Bernoulli(0.0).losses(np.random.default_rng(0))
+    assert [next(gen), gen.send(5), gen.send(0)] == [False, False, False]
+
+
+def test_bad_after_needs_an_integer():
+    with pytest.raises(TypeError):
+        GilbertElliott(1.0, 1.0).bad_after(2.5, True)
+
+
 def test_independent_loss_ignores_idle_steps():
     model = Bernoulli(0.2)
     gen = model.losses(np.random.default_rng(9))

@@ -57,6 +57,13 @@ def _is(kind, name: str):
     return check
 
 
+def _is_clock(_inst, attribute: attrs.Attribute, value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{attribute.name} must be a str, got {type(value).__name__} {value!r}")
+    if value not in GE_CLOCKS:
+        raise LinkSpecError(f"{attribute.name} must be {' or '.join(GE_CLOCKS)}, got {value!r}")
+
+
 @attrs.frozen
 class Channel:
     """A link with impairments, in both directions (see the module docstring).
@@ -73,8 +80,8 @@ class Channel:
         queue: capacity of the data direction's drop-tail bottleneck queue; ``None`` for
             unlimited.
         ge_clock: ``"packet"`` (default): a Gilbert–Elliott chain steps once per packet
-            sent (Gilbert 1960); ``"time"``: also once per MTU-sized slot the link stands
-            idle, so a burst lasts a time, not a number of packets sent — an ARQ sender
+            sent (Gilbert 1960); ``"time"``: also once per MTU time (at
+            ``link.bandwidth_bps``) the link stands idle, so a burst lasts a time, not a number of packets sent — an ARQ sender
             that only retransmits once per RTO then does not stay in a burst for many RTOs
             (``specs/link-model.md`` §7.1). No effect on independent loss.
 
@@ -89,7 +96,7 @@ class Channel:
     reorder: bool = attrs.field(default=False, validator=_is(bool, "a bool"))
     trace: BandwidthTrace | None = attrs.field(default=None, validator=_is((BandwidthTrace, type(None)), "a BandwidthTrace or None"))
     queue: QueueLimit | None = attrs.field(default=None, validator=_is((QueueLimit, type(None)), "a QueueLimit or None"))
-    ge_clock: str = attrs.field(default="packet", validator=attrs.validators.in_(GE_CLOCKS))
+    ge_clock: str = attrs.field(default="packet", validator=_is_clock)
 
     @classmethod
     def parse(
@@ -187,7 +194,8 @@ class Channel:
         data_loss, ack_loss, data_jitter, ack_jitter = (np.random.default_rng(s) for s in sequence.spawn(4))
         has_jitter = self.jitter.mean_s > 0.0
         link = self.link
-        slot = link.mtu_bytes if self.ge_clock == "time" else None
+        # ge-clock=time: one slot is one MTU at the nominal bandwidth, in both directions
+        slot = link.mtu_bytes * 8 / link.bandwidth_bps if self.ge_clock == "time" else None
         data = Path(
             self.trace if self.trace is not None else link.bandwidth_bps,
             link.latency_s,
@@ -195,7 +203,7 @@ class Channel:
             delays=self.jitter.delays(data_jitter) if has_jitter else None,
             reorder=self.reorder,
             queue=self.queue,
-            slot_bytes=slot,
+            slot_s=slot,
         )
         ack = Path(
             link.bandwidth_bps,
@@ -203,7 +211,7 @@ class Channel:
             losses=self.ack_loss.losses(ack_loss) if self.ack_loss.loss_rate > 0.0 else None,
             delays=self.jitter.delays(ack_jitter) if has_jitter else None,
             reorder=self.reorder,
-            slot_bytes=slot,
+            slot_s=slot,
         )
         return data, ack
 
@@ -216,8 +224,8 @@ class Channel:
         ]
         for name, model in (("data loss", self.data_loss), ("ACK loss", self.ack_loss)):
             parts.append(f"{name} {_describe_loss(model)}")
-        if self.ge_clock == "time":
-            parts.append("Gilbert-Elliott clock: also one step per idle MTU slot")
+        if self.ge_clock == "time" and any(isinstance(m, GilbertElliott) for m in (self.data_loss, self.ack_loss)):
+            parts.append("Gilbert-Elliott clock: also one step per idle MTU time (bursts in packets when back to back)")
         if self.jitter.mean_s > 0.0:
             if isinstance(self.jitter, UniformJitter):
                 shape = f"uniform 0-{self.jitter.max_s * 1e3:g} ms"

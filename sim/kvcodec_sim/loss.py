@@ -20,9 +20,9 @@ moves ``k`` extra steps.
 
 from __future__ import annotations
 
-import itertools
 import math
 import numbers
+import operator
 from typing import Iterator, Protocol, runtime_checkable
 
 import attrs
@@ -112,8 +112,13 @@ class Bernoulli:
         With ``p == 0`` no number is drawn at all.
         """
         if self.p == 0.0:
-            return itertools.repeat(False)
+            return self._never()
         return self._draw(rng, self.p)
+
+    @staticmethod
+    def _never() -> Iterator[bool]:
+        while True:
+            yield False
 
     @staticmethod
     def _draw(rng: np.random.Generator, p: float) -> Iterator[bool]:
@@ -213,8 +218,10 @@ class GilbertElliott:
         ``λ = 1 − p_gb − p_bg`` (the second eigenvalue of the transition matrix).
 
         Raises:
+            TypeError: ``steps`` is not an integer.
             ValueError: ``steps`` is negative.
         """
+        steps = operator.index(steps)
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps!r}")
         pi_b, lam_k = self.bad_fraction, (1.0 - self.p_gb - self.p_bg) ** steps
@@ -224,21 +231,26 @@ class GilbertElliott:
         """Per packet: draw ``u1``, lost iff ``u1 < ℓ(S)``; draw ``u2``, then Good → Bad iff
         ``u2 < p_gb`` and Bad → Good iff ``u2 < p_bg``. The initial state takes one draw
         first: Bad iff ``u0 < π_B``. Resumed with ``send(k)``, ``k > 0``, after a packet, the
-        chain then takes ``k`` more steps with one more draw ``u3``: Bad iff
-        ``u3 < bad_after(k, S)``."""
+        chain then takes ``k`` more steps with the stream's next draw ``u3``: Bad iff
+        ``u3 < bad_after(k, S)``. Draws are taken in exactly this order from the stream
+        (buffered :data:`BLOCK` pairs at a time, which yields the same values)."""
         p_gb, p_bg, loss_good, loss_bad = self.p_gb, self.p_bg, self.loss_good, self.loss_bad
         bad = bool(rng.random() < self.bad_fraction)
+        block, j = rng.random(2 * BLOCK).tolist(), 0
         while True:
-            block = rng.random(2 * BLOCK).tolist()
-            for i in range(0, 2 * BLOCK, 2):
-                if bad:
-                    idle = yield block[i] < loss_bad
-                    bad = block[i + 1] >= p_bg
-                else:
-                    idle = yield block[i] < loss_good
-                    bad = block[i + 1] < p_gb
-                if idle:
-                    bad = bool(rng.random() < self.bad_after(idle, bad))
+            if j + 3 > len(block):  # room for u1, u2 and a possible u3
+                block, j = block[j:] + rng.random(2 * BLOCK).tolist(), 0
+            u1, u2 = block[j], block[j + 1]
+            j += 2
+            if bad:
+                idle = yield u1 < loss_bad
+                bad = u2 >= p_bg
+            else:
+                idle = yield u1 < loss_good
+                bad = u2 < p_gb
+            if idle:
+                bad = block[j] < self.bad_after(idle, bad)
+                j += 1
 
 
 def parse_loss(text: str) -> Bernoulli:

@@ -11,9 +11,9 @@ A packet handed to a :class:`Path` at time ``now``:
    :class:`~kvcodec_sim.trace.BandwidthTrace`.
 3. **Wire.** The loss model decides (one draw per serialized packet, in order) whether
    the packet is lost on the wire; a lost packet still used its serialization time. With
-   ``slot_bytes`` set (the channel's ``ge-clock=time``), the loss model is first told how
-   many packet slots of ``slot_bytes`` the link stood idle since the previous packet's
-   serialization ended (``floor(idle · rate / (8 · slot_bytes))``, at this packet's rate),
+   ``slot_s`` set (the channel's ``ge-clock=time``), the loss model is first told how many
+   whole slots of ``slot_s`` seconds the link stood idle since the previous packet's
+   serialization ended (``floor(idle / slot_s)``, not for a direction's first packet),
    so that a bursty model's state evolves with time, not only with packets sent.
 4. **Propagation.** A delivered packet's last bit arrives at ``end + latency_s + jitter``
    (one jitter draw per delivered packet, in order). On a FIFO path the arrival is
@@ -27,6 +27,7 @@ schedules one event for the arrival, if any. Calls must come in non-decreasing `
 
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
 from kvcodec_sim.queue import DropTailQueue, QueueLimit
@@ -47,8 +48,9 @@ class Path:
             ``None`` for no jitter.
         reorder: let jittered packets overtake one another (default: FIFO).
         queue: capacity of the bottleneck queue, or ``None`` for unlimited.
-        slot_bytes: wire bytes of one idle slot for the loss model's clock (the MTU), or
-            ``None`` (default) for a clock that advances only per packet sent.
+        slot_s: duration in seconds of one idle slot of the loss model's clock (one MTU at
+            the nominal bandwidth), or ``None`` (default) for a clock that advances only per
+            packet sent.
 
     Counters (read them after the run): ``handed`` packets handed over, ``queue_drops``,
     ``serialized`` packets and ``serialized_bytes`` wire bytes put on the wire (lost ones
@@ -63,7 +65,7 @@ class Path:
         delays: Iterator[float] | None = None,
         reorder: bool = False,
         queue: QueueLimit | None = None,
-        slot_bytes: int | None = None,
+        slot_s: float | None = None,
     ):
         if isinstance(rate, BandwidthTrace):
             self._trace, self._rate_bps = rate, None
@@ -74,9 +76,10 @@ class Path:
         self._delays = delays
         self._reorder = reorder
         self._queue = DropTailQueue(queue) if queue is not None else None
-        if slot_bytes is not None and slot_bytes <= 0:
-            raise ValueError(f"slot_bytes must be > 0, got {slot_bytes!r}")
-        self._slot_bytes = slot_bytes
+        if slot_s is not None and not (isinstance(slot_s, (int, float)) and not isinstance(slot_s, bool)
+                                       and math.isfinite(slot_s) and slot_s > 0):
+            raise ValueError(f"slot_s must be a finite number of seconds > 0, got {slot_s!r}")
+        self._slot_s = None if slot_s is None else float(slot_s)
         self.busy_until_s = 0.0
         self._last_arrival_s = 0.0
         self.handed = 0
@@ -108,8 +111,9 @@ class Path:
         idle_since, self.busy_until_s = self.busy_until_s, end
         if self._losses is not None:
             idle_slots = 0
-            if self._slot_bytes is not None and self.serialized and start > idle_since and end > start:
-                idle_slots = int((start - idle_since) / ((end - start) * self._slot_bytes / wire_bytes))
+            if self._slot_s is not None and self.serialized and start > idle_since:
+                # a relative tolerance so that an idle of exactly n slots counts n despite rounding
+                idle_slots = int((start - idle_since) / self._slot_s * (1.0 + 1e-9))
             lost = self._losses.send(idle_slots) if idle_slots else next(self._losses)
         self.serialized += 1
         self.serialized_bytes += wire_bytes
