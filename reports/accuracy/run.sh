@@ -33,7 +33,7 @@ if [[ $what == needle || $what == all ]]; then
   for M in smollm2-135m gemma3-270m; do
     for LEN in 512 1024 2048 4096; do
       $KV eval --model $M --task needle --option length=$LEN -n "${NN:-50}" \
-        --pipeline int8 --pipeline int4 --pipeline int4:axis=channel --results $RES/needle.jsonl.gz $P
+        --pipeline int8 --pipeline int8:axis=channel --pipeline int4 --pipeline int4:axis=channel --results $RES/needle.jsonl.gz $P
     done
   done
 fi
