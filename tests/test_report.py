@@ -98,3 +98,15 @@ def test_bad_shard_is_a_usage_error(bad, capsys, tmp_path):
         main(["eval", "--task", "squad", "--pipeline", "int8", "--shard", bad, "--data-dir", str(tmp_path)])
     assert exc.value.code == 2
     assert "--shard takes I/K" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("inputs, name", [
+    (["codecs/squad.jsonl.gz"], "squad.md"),
+    (["accuracy/squad.jsonl.gz", "codecs/squad.jsonl.gz"], "all-squad.md"),
+])
+def test_committed_codecs_report_rerenders_from_committed_records(inputs, name, tmp_path):
+    """reports/codecs' markdown (tables and frontier section) is what `run.sh report` renders."""
+    reports = REPORT.parent
+    out = tmp_path / name
+    main(["report", *(str(reports / i) for i in inputs), "--markdown", str(out), "--frontier", str(tmp_path / "f.png")])
+    assert out.read_text(encoding="utf-8") == (reports / "codecs" / name).read_text(encoding="utf-8")
