@@ -22,7 +22,7 @@ META = {"Software": "kvcodec reports/transport/plot.py"}  # fixed PNG metadata: 
 
 
 def bandwidth_png() -> None:
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5), sharex=True)
+    fig, axes = plt.subplots(2, 4, figsize=(19, 8.5), sharex=True)
     for ax, (stem, heading) in zip(axes.flat, BW_ORDER):
         d = load(stem)
         model, rec = d["model"], recipe(d["model"])

@@ -2,14 +2,14 @@
 # Issue 6's report: layer diagnosis and recipes, progressive-adaptive against fixed widths (real
 # models, SQuAD, n = 200, recorded on the H200), and simulated TTFT against bandwidth and packet loss.
 #
-# Regenerate everything from the committed records and profiles (CPU only, about 6 min on a 2-core VM):
+# Regenerate everything from the committed records and profiles (CPU only, about 8 min on a 2-core VM):
 #   bash reports/transport/run.sh            (= all: simulate, then tables and plots)
 #   bash reports/transport/run.sh simulate   only the simulations (writes data/*.json and the timeline plot)
 #   bash reports/transport/run.sh report     only re-render tables and plots from data/*.json and the records (no model)
 # Recompute the accuracy records (resumable; needs $KVCODEC_DATA_DIR and the models; hours on a CPU,
 # minutes on the H200 with SPB=8 BATCH=128):
 #   bash reports/transport/run.sh diagnose     kvcodec diagnose, both models -> recipe-*.txt, diagnose*.{md,png}
-#   bash reports/transport/run.sh progressive  kvcodec eval-progressive, SmolLM2 -> progressive.jsonl.gz
+#   bash reports/transport/run.sh progressive  kvcodec eval-progressive, both models -> progressive.jsonl.gz
 #   bash reports/transport/run.sh profile      re-measure the Gemma recipe's codec timing on this machine
 #                                              (about 4 min, not deterministic; not part of "all")
 # Every simulation is seeded (--seed), its times come from a profile (nothing is timed in the run),
@@ -45,10 +45,12 @@ fi
 # adaptive receiver (decode after `start` planes, ask for one more plane while the first answer
 # token's probability is below the threshold), n = 200.
 if [[ $what == progressive ]]; then
-  $KV eval-progressive --model smollm2-135m --task squad -n "${N:-200}" --stream prog8:axis=channel \
-    --policy "p1>=0.2,start=2" --policy "p1>=0.4,start=2" --policy "p1>=0.6,start=2" \
-    --policy "p1>=0.4,start=3" --policy "p1>=0.6,start=3" \
-    --results $R/progressive.jsonl.gz --batch-size "${BATCH:-32}"
+  for M in smollm2-135m gemma3-270m; do
+    $KV eval-progressive --model $M --task squad -n "${N:-200}" --stream prog8:axis=channel \
+      --policy "p1>=0.2,start=2" --policy "p1>=0.4,start=2" --policy "p1>=0.6,start=2" \
+      --policy "p1>=0.4,start=3" --policy "p1>=0.6,start=3" \
+      --results $R/progressive.jsonl.gz --batch-size "${BATCH:-32}"
+  done
   exit 0
 fi
 
@@ -60,20 +62,24 @@ if [[ $what == profile ]]; then
   exit 0
 fi
 
-# profiles/cpu-gemma3.json plus the recipe's codec timing from profiles/cpu-gemma3-recipe.json
+# profiles/DEV-gemma3.json plus the recipe's codec timing from $R/profiles/DEV-gemma3-recipe.json
 # (deterministic; everything else — prefill, layers, other codecs — is the committed profile's).
-merge_profile() {
-  $PY - "$GEMMA_RECIPE" <<'EOF'
+# The H200 one was measured with `kvcodec profile --model gemma3-270m --device cuda --level fp16
+# --level int8 --level "$GEMMA_RECIPE" --level int3:axis=channel --level int4:axis=channel
+# --level identity` (3 repeats, the default).
+merge_profile() {  # cpu|h200
+  $PY - "$GEMMA_RECIPE" "$1" <<'EOF'
 import json, sys
 from kvcodec.api import as_pipeline
-level = as_pipeline(sys.argv[1]).describe()
-base = json.load(open("profiles/cpu-gemma3.json"))
-extra = json.load(open("reports/transport/profiles/cpu-gemma3-recipe.json"))
+level, dev = as_pipeline(sys.argv[1]).describe(), sys.argv[2]
+base = json.load(open(f"profiles/{dev}-gemma3.json"))
+extra = json.load(open(f"reports/transport/profiles/{dev}-gemma3-recipe.json"))
 assert extra["tokens"] == base["tokens"] and extra["model"] == base["model"], "grids differ"
+assert extra["device"] == base["device"] and extra["dtype"] == base["dtype"], "devices differ"
 base["codecs"][level] = extra["codecs"][level]
-base["merged"] = (f"profiles/cpu-gemma3.json, plus codecs[{level!r}] from "
-                  f"reports/transport/profiles/cpu-gemma3-recipe.json (measured_at {extra['measured_at']})")
-with open("reports/transport/profiles/cpu-gemma3+recipe.json", "w") as f:
+base["merged"] = (f"profiles/{dev}-gemma3.json, plus codecs[{level!r}] from "
+                  f"reports/transport/profiles/{dev}-gemma3-recipe.json (measured_at {extra['measured_at']})")
+with open(f"reports/transport/profiles/{dev}-gemma3+recipe.json", "w") as f:
     json.dump(base, f, indent=1)
     f.write("\n")
 EOF
@@ -84,6 +90,7 @@ profile_of() {  # model device -> profile file
     smollm2-135m-cpu) echo profiles/cpu-smollm2.json ;;
     smollm2-135m-h200) echo profiles/h200-smollm2.json ;;
     gemma3-270m-cpu) echo $R/profiles/cpu-gemma3+recipe.json ;;
+    gemma3-270m-h200) echo $R/profiles/h200-gemma3+recipe.json ;;
     *) echo "no profile for $1 on $2" >&2; return 1 ;;
   esac
 }
@@ -122,13 +129,14 @@ bursty() {  # model seed
 }
 
 if [[ $what == simulate || $what == all ]]; then
-  merge_profile
+  merge_profile cpu
+  merge_profile h200
   for M in smollm2-135m gemma3-270m; do
     bandwidth $M cpu 1s default
     bandwidth $M cpu 2s 4096
+    bandwidth $M h200 200ms default
+    bandwidth $M h200 200ms 4096
   done
-  bandwidth smollm2-135m h200 200ms default
-  bandwidth smollm2-135m h200 200ms 4096
   for M in smollm2-135m gemma3-270m; do
     for S in $SEEDS; do
       loss $M $S

@@ -23,9 +23,11 @@ BW_ORDER = [  # (file stem, heading)
     ("bw-smollm2-135m-cpu", "SmolLM2-135M · CPU receiver · default context"),
     ("bw-gemma3-270m-cpu", "Gemma-3-270M · CPU receiver · default context"),
     ("bw-smollm2-135m-h200", "SmolLM2-135M · H200 receiver · default context"),
+    ("bw-gemma3-270m-h200", "Gemma-3-270M · H200 receiver · default context"),
     ("bw-smollm2-135m-cpu-4096", "SmolLM2-135M · CPU receiver · 4096 tokens"),
     ("bw-gemma3-270m-cpu-4096", "Gemma-3-270M · CPU receiver · 4096 tokens"),
     ("bw-smollm2-135m-h200-4096", "SmolLM2-135M · H200 receiver · 4096 tokens"),
+    ("bw-gemma3-270m-h200-4096", "Gemma-3-270M · H200 receiver · 4096 tokens"),
 ]
 
 
