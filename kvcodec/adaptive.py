@@ -355,9 +355,8 @@ def evaluate_adaptive(
         full_record = results.get(key(FULL))
         todo_fixed = {n: k for n, k in fixed_rows.items() if results.get(key(n)) is None}
         todo_policy = {n: p for n, p in policy_rows.items() if results.get(key(n)) is None}
-        skipped += len(fixed_rows) - len(todo_fixed) + len(policy_rows) - len(todo_policy)
+        skipped += len(fixed_rows) - len(todo_fixed) + len(policy_rows) - len(todo_policy) + (full_record is not None)
         if not todo_fixed and not todo_policy and full_record is not None:
-            skipped += 1
             continue
         worked += 1
         # sender: prefill the context, encode the stream

@@ -66,7 +66,7 @@ def _load(model: str, device: str | None, dtype: str | None):
         return load_model(model, device=device, dtype=dtype, progress=lambda msg: status.update(msg))
 
 
-def _check_against_model(lm, pipelines, tokens: int | None = None) -> None:
+def _check_against_model(lm, pipelines, tokens: int | None = None, what: str = "--tokens") -> None:
     """Reject pipelines that cannot fit this model (layer out of range, group size that does
     not divide head_dim) and a --tokens beyond its context, right after loading it and
     before any prefill: a one-token dummy cache of the model's geometry goes through each."""
@@ -78,7 +78,7 @@ def _check_against_model(lm, pipelines, tokens: int | None = None) -> None:
     cfg = lm.model.config.get_text_config()
     limit = getattr(cfg, "max_position_embeddings", None)
     if tokens is not None and limit and tokens > limit:
-        raise InputError(f"--tokens {tokens} exceeds {lm.name}'s context of {limit} tokens")
+        raise InputError(f"{what} {tokens} exceeds {lm.name}'s context of {limit} tokens")
     heads = cfg.num_key_value_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     types = list(getattr(cfg, "layer_types", None) or ["full_attention"] * cfg.num_hidden_layers)
@@ -809,8 +809,8 @@ def _task_options(task, values: tuple[str, ...]) -> dict:
     options = {}
     for item in values:
         key, eq, value = item.partition("=")
-        if not eq or key not in task.options:
-            known = ", ".join(f"{k}={v!r}" for k, v in task.options.items() if k != "count_tokens") or "none"
+        if not eq or key not in task.options or key in task.hidden_options:
+            known = ", ".join(f"{k}={v!r}" for k, v in task.options.items() if k not in task.hidden_options) or "none"
             raise InputError(f"bad --option {item!r} for task {task.name}; its options: {known}")
         default = task.options[key]
         typ = type(default) if default is not None and not callable(default) else str
@@ -843,7 +843,7 @@ def _run_eval(model, task_name, specs, n, seed, data_dir, results_path, options,
 
     from kvcodec.harness import Settings, evaluate
     from kvcodec.report import summarize
-    from kvcodec.results import FULL, ResultsFile, ResultsError
+    from kvcodec.results import FULL, ResultsFile, ResultsError, options_key
     from kvcodec.tasks import get_task, resolve_data_dir
 
     shard_of = _shard(shard) if shard is not None else None
@@ -859,7 +859,8 @@ def _run_eval(model, task_name, specs, n, seed, data_dir, results_path, options,
     except ResultsError as exc:
         raise InputError(str(exc)) from None
     lm = lm or _load(model, device, dtype)
-    _check_against_model(lm, pipelines)
+    length = task.canonical_options(opts).get("length") if task.name == "needle" else None
+    _check_against_model(lm, pipelines, tokens=length, what="needle length")
     if workers is None:
         workers = min(8, (os.cpu_count() or 1) - 1) if lm.device.type == "cuda" else 0
     load_opts = dict(opts)
@@ -891,7 +892,9 @@ def _run_eval(model, task_name, specs, n, seed, data_dir, results_path, options,
 
             def on_sample(done, new):
                 elapsed = time.perf_counter() - started
-                progress.update(bar, advance=new, rate=f"{done / max(elapsed, 1e-9):.2f} results/s")
+                per = len(pipelines) + 1  # results per sample, the full baseline included
+                progress.update(bar, advance=new, rate=f"{done / per / max(elapsed, 1e-9):.2f} samples/s · "
+                                                       f"{done / max(elapsed, 1e-9):.2f} results/s")
 
             stats = evaluate(
                 lm, task, samples, pipelines, results, task_options=opts,
@@ -908,8 +911,9 @@ def _run_eval(model, task_name, specs, n, seed, data_dir, results_path, options,
             )
     wanted = {FULL} | {p.describe() for p in pipelines}
     ids = {s.id for s in samples}
+    opts_key = options_key({"task": task.name, "task_options": opts})
     mine = [r for r in results.records if r["model_sha256"] == lm.sha256 and r["task"] == task.name
-            and r["sample_id"] in ids and r["pipeline"] in wanted and r.get("task_options", {}) == opts
+            and r["sample_id"] in ids and r["pipeline"] in wanted and options_key(r) == opts_key
             and r["dtype"] == str(lm.dtype).replace("torch.", "")]
     rows = summarize(mine)
     if show:
@@ -1104,13 +1108,15 @@ def _int_list(text: str) -> list[int]:
         lo, _, hi = part.partition("-")
         if not lo.strip().isdigit() or (hi and not hi.strip().isdigit()):
             raise InputError(f"expected numbers like 2,3,4 or 2-8, got {text!r}")
+        if hi and int(hi) < int(lo):
+            raise InputError(f"the range {part.strip()!r} in {text!r} runs backwards; write {hi.strip()}-{lo.strip()}")
         out += list(range(int(lo), int(hi or lo) + 1))
     return out
 
 
 @cli.command()
 @click.option("--bits", default="2,3,4,5,6,8", show_default=True, help="widths: 2,3,4 or 2-8")
-@click.option("--axis", "axes", default="token,channel", show_default=True, help="token, channel or both")
+@click.option("--axis", "axes", default="token,channel", show_default=True, help="token, channel, or token,channel for both")
 @click.option("--target", "targets", default="kv", show_default=True, help="kv (both), k (keys only), v (values only); comma list")
 @click.option("--protect", default="none", show_default=True, help="layers kept at full precision: none, 0, 0-1; comma list of choices separated by ';'")
 @click.option("--layerwise", type=click.IntRange(min=1), default=None, help="also one layer at a time quantized, the rest full precision (give the layer count)")
@@ -1217,7 +1223,7 @@ def eval_progressive(streams, policies, fixed, planes_per_message, model, task, 
     from kvcodec.progressive import stream_bits
     from kvcodec.harness import Settings
     from kvcodec.report import summarize
-    from kvcodec.results import FULL, ResultsError, ResultsFile
+    from kvcodec.results import FULL, ResultsError, ResultsFile, options_key
     from kvcodec.tasks import get_task, resolve_data_dir
 
     parsed_policies = _policies(policies)
@@ -1264,7 +1270,8 @@ def eval_progressive(streams, policies, fixed, planes_per_message, model, task, 
         names |= {r["pipeline"] for r in results.records if r["pipeline"].startswith(label)}
     ids = {s.id for s in samples}
     mine = [r for r in results.records if r["model_sha256"] == lm.sha256 and r["task"] == task_obj.name
-            and r["sample_id"] in ids and r["pipeline"] in names and r.get("task_options", {}) == opts
+            and r["sample_id"] in ids and r["pipeline"] in names
+            and options_key(r) == options_key({"task": task_obj.name, "task_options": opts})
             and r["dtype"] == str(lm.dtype).replace("torch.", "")]
     _wide_console().print(_summary_table(summarize(mine), f"{lm.name} · {task_obj.name} · progressive · n={len(samples)}"))
 
@@ -1276,7 +1283,7 @@ def eval_progressive(streams, policies, fixed, planes_per_message, model, task, 
 @click.option("--damage-map", "damage_path", default=None, type=click.Path(dir_okay=False),
               help="write the layer-wise damage map (heat map of one-layer-at-a-time pipelines) PNG here")
 @click.option("--by-option", "by_option", default=None, type=(str, click.Path(dir_okay=False)),
-              help="OPTION PNG: plot %% of full against a numeric task option (e.g. length needle.png)")
+              help="OPTION PNG: plot % of full against a numeric task option (e.g. length needle.png)")
 @click.option("--frontier", "frontier_path", default=None, type=click.Path(dir_okay=False),
               help="write the rate–accuracy frontier PNG here and add the frontier section to the markdown and "
                    "stdout: the cheapest pipeline reaching 95 % and 99 % of full, and the Pareto set")
@@ -1292,6 +1299,9 @@ def report(results, md_path, png_path, damage_path, by_option, frontier_path):
     missing = [r for r in results if not Path(r).is_file()]
     if missing:
         raise InputError(f"no such results file: {missing[0]}")
+    _check_outputs(("--markdown", md_path, None), ("--plot", png_path, _FIGURE_SUFFIXES),
+                   ("--damage-map", damage_path, _FIGURE_SUFFIXES), ("--frontier", frontier_path, _FIGURE_SUFFIXES),
+                   ("--by-option", by_option[1] if by_option else None, _FIGURE_SUFFIXES))
     try:
         rows = summarize(read_records(results))
     except ResultsError as exc:
@@ -1320,6 +1330,24 @@ def report(results, md_path, png_path, damage_path, by_option, frontier_path):
         except ValueError as exc:
             raise InputError(f"--by-option: {exc}") from None
     click.echo(text)
+
+
+_FIGURE_SUFFIXES = (".png", ".pdf", ".svg")  # what the report's matplotlib figures are written as
+
+
+def _check_outputs(*outputs: tuple[str, str | None, tuple[str, ...] | None]) -> None:
+    """Before anything is written: each ``(option, path, suffixes)`` with a path must name a
+    file in an existing folder, with one of ``suffixes`` when given (InputError otherwise)."""
+    for option, path, suffixes in outputs:
+        if not path:
+            continue
+        target = Path(path)
+        if not target.parent.is_dir():
+            raise InputError(f"{option}: no such folder for {path!r}")
+        if target.is_dir():
+            raise InputError(f"{option}: {path!r} is a folder")
+        if suffixes and target.suffix.lower() not in suffixes:
+            raise InputError(f"{option}: {path!r} must end in {', '.join(suffixes)}")
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -280,10 +280,9 @@ def evaluate(
         for sample in samples:
             key = lambda pipeline: record_key({**base, "sample_id": sample.id, "pipeline": pipeline})  # noqa: E731
             todo = [n for n in names if results.get(key(n)) is None]
-            counts["skipped"] += len(pipelines) - len(todo)
             full_record = results.get(key(FULL))
+            counts["skipped"] += len(pipelines) - len(todo) + (full_record is not None)
             if not todo and full_record is not None:
-                counts["skipped"] += 1
                 continue
             counts["worked"] += 1
             t0 = time.perf_counter()

@@ -23,7 +23,7 @@ from typing import Iterable, Sequence
 
 import attrs
 
-from kvcodec.results import FULL
+from kvcodec.results import FULL, options_key
 from kvcodec.scoring import paired_bootstrap_ci
 
 
@@ -59,6 +59,7 @@ class Summary:
     ratio_fp16: float
     bits_per_element: float
     code_entropy: float | None = None
+    canonical_options: str | None = None  # JSON, the task's defaults filled in (results.options_key)
 
 
 def _mean(xs: Sequence[float]) -> float:
@@ -76,11 +77,14 @@ def summarize(records: Iterable[dict], *, seed: int = 0) -> list[Summary]:
     is averaged into :attr:`Summary.code_entropy` over the records that have a value.
     """
     groups: dict[tuple, dict[str, dict[str, dict]]] = defaultdict(lambda: defaultdict(dict))
+    shown: dict[tuple, str] = {}  # the options as the group's first record spells them
     for r in records:
-        key = (r["model"], r["task"], json.dumps(r.get("task_options", {}), sort_keys=True), r["dtype"])
+        key = (r["model"], r["task"], options_key(r), r["dtype"])
         groups[key][r["pipeline"]][r["sample_id"]] = r
+        shown.setdefault(key, json.dumps(r.get("task_options") or {}, sort_keys=True))
     out = []
-    for (model, task, options, dtype), by_pipe in groups.items():
+    for (model, task, canonical, dtype), by_pipe in groups.items():
+        options = shown[(model, task, canonical, dtype)]
         full = by_pipe.get(FULL, {})
         names = ([FULL] if full else []) + sorted(
             (p for p in by_pipe if p != FULL), key=lambda p: -_mean([r["bytes"] for r in by_pipe[p].values()])
@@ -114,6 +118,7 @@ def summarize(records: Iterable[dict], *, seed: int = 0) -> list[Summary]:
                     ratio_fp16=_mean([r["bytes"] for r in recs]) / _mean([r["fp16_bytes"] for r in recs]),
                     bits_per_element=_mean([r["bits_per_element"] for r in recs]),
                     code_entropy=_mean([float(x) for x in ent]) if ent else None,
+                    canonical_options=canonical,
                 )
             )
     return out
@@ -137,9 +142,10 @@ def markdown(rows: Sequence[Summary]) -> str:
         + "\n"
     )
     lines = []
+    dtypes = _dtypes_per_group(rows)
     for r in rows:
         opts = json.loads(r.task_options)
-        task = r.task + (f" {opts}" if opts else "")
+        task = r.task + (f" {opts}" if opts else "") + _dtype_suffix(r, dtypes)
         lines.append(
             f"| {r.model} | {task} | `{r.pipeline}` | {r.n} | {_fmt(r.score, '.3f')} | "
             f"{_fmt(r.percent, '.1f')} [{_fmt(r.low, '.1f')}, {_fmt(r.high, '.1f')}] | {_fmt(r.agreement, '.2f')} | "
@@ -147,6 +153,18 @@ def markdown(rows: Sequence[Summary]) -> str:
             + (f" {'' if r.code_entropy is None else _fmt(r.code_entropy, '.2f')} |" if with_entropy else "")
         )
     return head + "\n".join(lines) + "\n"
+
+
+def _dtypes_per_group(rows: Sequence[Summary]) -> dict[tuple, set[str]]:
+    out: dict[tuple, set[str]] = defaultdict(set)
+    for r in rows:
+        out[(r.model, r.task, r.task_options)].add(r.dtype)
+    return out
+
+
+def _dtype_suffix(r: Summary, dtypes: dict[tuple, set[str]]) -> str:
+    """`` · float32`` when the same model, task and options come in more than one dtype."""
+    return f" · {r.dtype}" if len(dtypes[(r.model, r.task, r.task_options)]) > 1 else ""
 
 
 def plot(rows: Sequence[Summary], path: str | Path, *, title: str = "Rate–accuracy") -> None:
@@ -158,16 +176,17 @@ def plot(rows: Sequence[Summary], path: str | Path, *, title: str = "Rate–accu
     import matplotlib.pyplot as plt
 
     series: dict[tuple, list[Summary]] = defaultdict(list)
+    dtypes = _dtypes_per_group(rows)
     for r in rows:
         if r.pipeline != FULL:
-            series[(r.model, r.task, r.task_options)].append(r)
+            series[(r.model, r.task, r.task_options, _dtype_suffix(r, dtypes))].append(r)
     fig, ax = plt.subplots(figsize=(9, 6))
-    for (model, task, options), pts in series.items():
+    for (model, task, options, suffix), pts in series.items():
         pts = sorted(pts, key=lambda r: r.ratio_fp16)
         xs = [100 * r.ratio_fp16 for r in pts]
         ys = [r.percent for r in pts]
         err = [[max(r.percent - r.low, 0) for r in pts], [max(r.high - r.percent, 0) for r in pts]]
-        label = f"{model} · {task}" + ("" if options == "{}" else f" {options}")
+        label = f"{model} · {task}" + ("" if options == "{}" else f" {options}") + suffix
         ax.errorbar(xs, ys, yerr=err, fmt="o", capsize=3, label=label, alpha=0.85)
         for x, y, r in zip(xs, ys, pts):
             ax.annotate(r.pipeline, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
@@ -493,7 +512,7 @@ def option_plot(rows: Sequence[Summary], option: str, path: str | Path) -> None:
 
     series: dict[tuple, list[tuple[float, Summary]]] = defaultdict(list)
     for r in rows:
-        value = json.loads(r.task_options).get(option)
+        value = json.loads(r.canonical_options or r.task_options).get(option)
         if r.pipeline != FULL and isinstance(value, (int, float)):
             series[(r.model, r.task, r.pipeline)].append((float(value), r))
     if not series:

@@ -24,14 +24,22 @@ class ResultsError(KVCodecError, ValueError):
     """A results file cannot be read (one-line message naming the file and line)."""
 
 
+def options_key(record: dict[str, Any]) -> str:
+    """The record's task options as JSON, canonical (:func:`kvcodec.tasks.canonical_task_options`:
+    defaults filled in), so ``{}`` and ``{"length": 1024}`` name the same needle run."""
+    from kvcodec.tasks import canonical_task_options
+
+    return json.dumps(canonical_task_options(record["task"], record.get("task_options") or {}), sort_keys=True)
+
+
 def record_key(record: dict[str, Any]) -> tuple:
     """What makes two records the same measurement: model file, dtype, task and its
-    options, sample, pipeline, and generation length."""
+    options (canonical: :func:`options_key`), sample, pipeline, and generation length."""
     return (
         record["model_sha256"],
         record["dtype"],
         record["task"],
-        json.dumps(record.get("task_options", {}), sort_keys=True),
+        options_key(record),
         record["sample_id"],
         record["pipeline"],
         record.get("max_new_tokens"),
@@ -45,38 +53,78 @@ def _open(path: Path, mode: str):
     return path.open(mode, encoding="utf-8")
 
 
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of one results file, every way of being unreadable turned
+    into a one-line :class:`ResultsError`."""
+    if path.is_dir():
+        raise ResultsError(f"{path}: is a folder, not a results file")
+    number = 0
+    try:
+        with _open(path, "r") as fh:
+            for number, line in enumerate(fh, 1):
+                yield number, line
+    except EOFError:
+        raise ResultsError(
+            f"{path}: the gzip data ends early after line {number} (a run killed while writing?); "
+            f"`gzip -dc {path} > {path.with_suffix('')}` keeps its complete lines — resume from that file"
+        ) from None
+    except gzip.BadGzipFile:
+        raise ResultsError(f"{path}: not gzip data (a results file named *.gz must be gzip-compressed)") from None
+    except UnicodeDecodeError:
+        raise ResultsError(f"{path}: not UTF-8 text after line {number}") from None
+    except OSError as exc:
+        raise ResultsError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
 def read_records(paths: Iterable[str | Path], *, partial_tail: bool = False) -> Iterator[dict[str, Any]]:
     """Every record of every file, in order; a missing file yields nothing. With
     ``partial_tail``, a last line without its newline (a writer killed mid-line) is skipped.
 
     Raises:
-        ResultsError: for a line that is not a JSON object with the required fields.
+        ResultsError: for a line that is not a JSON object with the required fields, and
+            for a file that cannot be read (a folder, truncated or bad gzip data, not UTF-8).
     """
     required = ("model", "model_sha256", "dtype", "task", "sample_id", "pipeline", "score")
     for path in paths:
         path = Path(path)
         if not path.exists():
             continue
-        with _open(path, "r") as fh:
-            for number, line in enumerate(fh, 1):
-                if not line.strip() or (partial_tail and not line.endswith("\n")):
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ResultsError(f"{path}:{number}: not JSON ({exc.msg})") from None
-                if not isinstance(record, dict) or any(k not in record for k in required):
-                    raise ResultsError(f"{path}:{number}: a record needs the fields {', '.join(required)}")
-                yield record
+        for number, line in _lines(path):
+            if not line.strip() or (partial_tail and not line.endswith("\n")):
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                hint = "" if line.endswith("\n") else " — the last line is incomplete (a run killed mid-line?); delete it to resume"
+                raise ResultsError(f"{path}:{number}: not JSON ({exc.msg}){hint}") from None
+            if not isinstance(record, dict) or any(k not in record for k in required):
+                raise ResultsError(f"{path}:{number}: a record needs the fields {', '.join(required)}")
+            yield record
+
+
+def _ends_open(path: Path) -> bool:
+    """Whether the file's text ends in a line without its newline (a later append must
+    start a new line)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    last = ""
+    for _, line in _lines(path):
+        last = line
+    return bool(last) and not last.endswith("\n")
 
 
 class ResultsFile:
-    """An append-only JSON-lines file of records, with the keys it already holds."""
+    """An append-only JSON-lines file of records, with the keys it already holds.
+
+    Raises:
+        ResultsError: as :func:`read_records`, when the file exists but cannot be read.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.records = list(read_records([self.path]))
         self.keys = {record_key(r): r for r in self.records}
+        self._open_tail = _ends_open(self.path)
 
     def get(self, key: tuple) -> dict[str, Any] | None:
         return self.keys.get(key)
@@ -88,6 +136,9 @@ class ResultsFile:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with _open(self.path, "a") as fh:
+            if self._open_tail:  # the file's last record has no newline: start a new line
+                fh.write("\n")
+                self._open_tail = False
             for r in records:
                 fh.write(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n")
                 self.keys[record_key(r)] = r

@@ -24,6 +24,7 @@ from kvcodec.tasks.base import (
     Task,
     TaskError,
     UnknownTaskError,
+    canonical_task_options,
     get_task,
     register,
     resolve_data_dir,

@@ -36,6 +36,7 @@ __all__ = [
     "Task",
     "TaskError",
     "UnknownTaskError",
+    "canonical_task_options",
     "get_task",
     "register",
     "resolve_data_dir",
@@ -122,8 +123,17 @@ class Task(abc.ABC):
     kind: ClassVar[str]
     metrics: ClassVar[tuple[str, ...]]
     options: ClassVar[Mapping[str, Any]] = {}
+    hidden_options: ClassVar[frozenset[str]] = frozenset()
     sources: ClassVar[tuple[DataSource, ...]]
     answer_cue: ClassVar[str] = ""
+
+    def canonical_options(self, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """``options`` as a results record is identified by them: the task's defaults filled
+        in, hidden options (runtime hooks such as needle's ``count_tokens``) and ``None``
+        values left out, keys sorted — so a run with the defaults and a run that types the
+        same values out are one measurement."""
+        merged = {**self.options, **dict(options or {})}
+        return {k: merged[k] for k in sorted(merged) if k not in self.hidden_options and merged[k] is not None}
 
     @property
     def primary_metric(self) -> str:
@@ -183,6 +193,16 @@ def get_task(name: str) -> Task:
         return TASKS[name]
     except (KeyError, TypeError):
         raise UnknownTaskError(f"unknown task {name!r} (known: {', '.join(sorted(TASKS))})") from None
+
+
+def canonical_task_options(task: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """:meth:`Task.canonical_options` of the registered task called ``task``; for a task
+    not registered here (e.g. records written by a plugin that is not installed), ``options``
+    as given."""
+    found = TASKS.get(task) if isinstance(task, str) else None
+    if found is None:
+        return dict(options or {})
+    return found.canonical_options(options)
 
 
 def resolve_data_dir(cli_value: str | os.PathLike | None) -> Path:

@@ -210,6 +210,7 @@ class NeedleTask(Task):
     kind = "generate"
     metrics = ("f1", "em")
     options = {"length": 1024, "depth": 0.5, "count_tokens": None, "max_needle_tokens": 256}
+    hidden_options = frozenset({"count_tokens"})
     sources = (SOURCE,)
 
     def _load(

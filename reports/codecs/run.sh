@@ -12,7 +12,9 @@ RES="${RES:-$R}"  # where the results file lives
 KV="${KVCODEC:-python -m kvcodec}"
 # PROCS: receiver processes sharing the device (eval --processes; helps CPU receivers, not the H200)
 # SPB: samples whose pipelines share batches (eval --samples-per-batch; SPB=8 BATCH=128 on the H200)
-P="--processes ${PROCS:-1} --samples-per-batch ${SPB:-1} --batch-size ${BATCH:-32}"
+# DTYPE: the committed records are bfloat16 (the H200's); a run in another dtype (e.g. DTYPE=float32
+# on a CPU) is a different measurement and lands next to them, labelled with its dtype in the report
+P="--processes ${PROCS:-1} --samples-per-batch ${SPB:-1} --batch-size ${BATCH:-32} --dtype ${DTYPE:-bfloat16}"
 what="${1:-squad}"
 if [[ $what == report ]]; then
   $KV report $R/squad.jsonl.gz --markdown $R/squad.md --plot $R/squad.png --frontier $R/frontier.png > /dev/null

@@ -7,7 +7,7 @@
 #   bash reports/transport/run.sh simulate   only the simulations (writes data/*.json and the timeline plot)
 #   bash reports/transport/run.sh report     only re-render tables and plots from data/*.json and the records (no model)
 # Recompute the accuracy records (resumable; needs $KVCODEC_DATA_DIR and the models; hours on a CPU,
-# minutes on the H200 with SPB=8 BATCH=128):
+# minutes on the H200 with SPB=8 BATCH=128; bfloat16 like the committed records unless DTYPE=...):
 #   bash reports/transport/run.sh diagnose     kvcodec diagnose, both models -> recipe-*.txt, diagnose*.{md,png}
 #   bash reports/transport/run.sh progressive  kvcodec eval-progressive, both models -> progressive.jsonl.gz
 #   bash reports/transport/run.sh profile      re-measure the Gemma recipe's codec timing on this machine
@@ -37,7 +37,8 @@ if [[ $what == diagnose ]]; then
   for M in smollm2-135m gemma3-270m; do
     $KV diagnose --model $M --task squad -n "${N:-200}" --bits 4 --axis token --threshold 0.05 \
       --results $R/diagnose.jsonl.gz --recipe $R/recipe-$M.txt --markdown $R/diagnose-$M.md \
-      --damage-map $R/diagnose-$M.png --samples-per-batch "${SPB:-1}" --batch-size "${BATCH:-32}"
+      --damage-map $R/diagnose-$M.png --samples-per-batch "${SPB:-1}" --batch-size "${BATCH:-32}" \
+      --dtype "${DTYPE:-bfloat16}"
   done
   exit 0
 fi
@@ -49,7 +50,7 @@ if [[ $what == progressive ]]; then
     $KV eval-progressive --model $M --task squad -n "${N:-200}" --stream prog8:axis=channel \
       --policy "p1>=0.2,start=2" --policy "p1>=0.4,start=2" --policy "p1>=0.6,start=2" \
       --policy "p1>=0.4,start=3" --policy "p1>=0.6,start=3" \
-      --results $R/progressive.jsonl.gz --batch-size "${BATCH:-32}"
+      --results $R/progressive.jsonl.gz --batch-size "${BATCH:-32}" --dtype "${DTYPE:-bfloat16}"
   done
   exit 0
 fi
