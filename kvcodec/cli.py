@@ -1269,9 +1269,9 @@ def eval_progressive(streams, policies, fixed, planes_per_message, model, task, 
         label = stream_label(spec, schedule)
         names |= {r["pipeline"] for r in results.records if r["pipeline"].startswith(label)}
     ids = {s.id for s in samples}
+    opts_key = options_key({"task": task_obj.name, "task_options": opts})
     mine = [r for r in results.records if r["model_sha256"] == lm.sha256 and r["task"] == task_obj.name
-            and r["sample_id"] in ids and r["pipeline"] in names
-            and options_key(r) == options_key({"task": task_obj.name, "task_options": opts})
+            and r["sample_id"] in ids and r["pipeline"] in names and options_key(r) == opts_key
             and r["dtype"] == str(lm.dtype).replace("torch.", "")]
     _wide_console().print(_summary_table(summarize(mine), f"{lm.name} · {task_obj.name} · progressive · n={len(samples)}"))
 

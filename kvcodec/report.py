@@ -39,7 +39,10 @@ class Summary:
     ``bits_per_element`` the mean of ``8 · bytes / elements``; ``code_entropy`` the mean of the
     records' ``code_entropy_bits_per_element`` — the order-0 empirical entropy of the pipeline's
     integer quantizer codes in bits, divided by the same ``elements`` — over the records that
-    carry one (None when none does, e.g. in older results files).
+    carry one (None when none does, e.g. in older results files). ``task_options`` is JSON as
+    the group's first record spells the options; ``canonical_options`` the same options with
+    the task's defaults filled in (:func:`kvcodec.results.options_key`), which is what groups
+    records: ``{}`` and ``{"length": 1024}`` are one needle group.
     """
 
     model: str
