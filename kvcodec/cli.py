@@ -890,11 +890,13 @@ def _run_eval(model, task_name, specs, n, seed, data_dir, results_path, options,
             bar = progress.add_task(f"{lm.name} · {task.name}", total=total, rate="")
             started = time.perf_counter()
 
+            samples_seen = [0]
+
             def on_sample(done, new):
-                elapsed = time.perf_counter() - started
-                per = len(pipelines) + 1  # results per sample, the full baseline included
-                progress.update(bar, advance=new, rate=f"{done / per / max(elapsed, 1e-9):.2f} samples/s · "
-                                                       f"{done / max(elapsed, 1e-9):.2f} results/s")
+                samples_seen[0] += 1  # called once per sample that needed work
+                elapsed = max(time.perf_counter() - started, 1e-9)
+                progress.update(bar, advance=new, rate=f"{samples_seen[0] / elapsed:.2f} samples/s · "
+                                                       f"{done / elapsed:.2f} results/s")
 
             stats = evaluate(
                 lm, task, samples, pipelines, results, task_options=opts,
@@ -1240,7 +1242,8 @@ def eval_progressive(streams, policies, fixed, planes_per_message, model, task, 
         raise InputError(str(exc)) from None
     opts = _task_options(task_obj, tuple(options))
     lm = _load(model, device, dtype)
-    _check_against_model(lm, _pipelines(tuple(stream_specs)))
+    length = task_obj.canonical_options(opts).get("length") if task_obj.name == "needle" else None
+    _check_against_model(lm, _pipelines(tuple(stream_specs)), tokens=length, what="needle length")
     load_opts = dict(opts)
     if task_obj.name == "needle":
         load_opts["count_tokens"] = lambda t: len(lm.tokenizer(t, add_special_tokens=False)["input_ids"])
@@ -1292,7 +1295,7 @@ def report(results, md_path, png_path, damage_path, by_option, frontier_path):
     hold one-layer-at-a-time pipelines, and the rate–accuracy frontier with --frontier) and plots."""
     from kvcodec.report import (
         damage_markdown, damage_plot, frontier, frontier_markdown, frontier_plot, layer_damage, markdown,
-        option_plot, plot, summarize,
+        option_plot, option_series, plot, summarize,
     )
     from kvcodec.results import ResultsError, read_records
 
@@ -1316,6 +1319,11 @@ def report(results, md_path, png_path, damage_path, by_option, frontier_path):
         if not frontier(rows):
             raise InputError("--frontier: the results hold no pipeline besides the full baseline")
         text += "\n## Rate–accuracy frontier\n\n" + frontier_markdown(rows)
+    if by_option:
+        try:
+            option_series(rows, by_option[0])  # checked before anything is written
+        except ValueError as exc:
+            raise InputError(f"--by-option: {exc}") from None
     if md_path:
         Path(md_path).write_text(text, encoding="utf-8")
     if png_path:
@@ -1325,29 +1333,37 @@ def report(results, md_path, png_path, damage_path, by_option, frontier_path):
     if frontier_path:
         frontier_plot(rows, frontier_path)
     if by_option:
-        try:
-            option_plot(rows, by_option[0], by_option[1])
-        except ValueError as exc:
-            raise InputError(f"--by-option: {exc}") from None
+        option_plot(rows, by_option[0], by_option[1])
     click.echo(text)
 
 
-_FIGURE_SUFFIXES = (".png", ".pdf", ".svg")  # what the report's matplotlib figures are written as
+_FIGURE_SUFFIXES = "matplotlib"  # a figure: any file type matplotlib writes (.png, .pdf, .svg, .jpg, …)
 
 
-def _check_outputs(*outputs: tuple[str, str | None, tuple[str, ...] | None]) -> None:
-    """Before anything is written: each ``(option, path, suffixes)`` with a path must name a
-    file in an existing folder, with one of ``suffixes`` when given (InputError otherwise)."""
-    for option, path, suffixes in outputs:
+def _figure_suffixes() -> tuple[str, ...]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    return tuple(sorted("." + k for k in Figure().canvas.get_supported_filetypes()))
+
+
+def _check_outputs(*outputs: tuple[str, str | None, str | None]) -> None:
+    """Before anything is written: each ``(option, path, kind)`` with a path must name a file
+    in an existing folder, and a figure (kind ``_FIGURE_SUFFIXES``) a file type matplotlib
+    writes (InputError otherwise)."""
+    for option, path, kind in outputs:
         if not path:
             continue
+        suffixes = _figure_suffixes() if kind == _FIGURE_SUFFIXES else None
         target = Path(path)
         if not target.parent.is_dir():
             raise InputError(f"{option}: no such folder for {path!r}")
         if target.is_dir():
             raise InputError(f"{option}: {path!r} is a folder")
         if suffixes and target.suffix.lower() not in suffixes:
-            raise InputError(f"{option}: {path!r} must end in {', '.join(suffixes)}")
+            raise InputError(f"{option}: {path!r} must end in a figure type: {', '.join(suffixes)}")
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

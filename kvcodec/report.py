@@ -158,16 +158,20 @@ def markdown(rows: Sequence[Summary]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def _options_of(r: Summary) -> str:
+    return r.canonical_options or r.task_options
+
+
 def _dtypes_per_group(rows: Sequence[Summary]) -> dict[tuple, set[str]]:
     out: dict[tuple, set[str]] = defaultdict(set)
     for r in rows:
-        out[(r.model, r.task, r.task_options)].add(r.dtype)
+        out[(r.model, r.task, _options_of(r))].add(r.dtype)
     return out
 
 
 def _dtype_suffix(r: Summary, dtypes: dict[tuple, set[str]]) -> str:
     """`` · float32`` when the same model, task and options come in more than one dtype."""
-    return f" · {r.dtype}" if len(dtypes[(r.model, r.task, r.task_options)]) > 1 else ""
+    return f" · {r.dtype}" if len(dtypes[(r.model, r.task, _options_of(r))]) > 1 else ""
 
 
 def plot(rows: Sequence[Summary], path: str | Path, *, title: str = "Rate–accuracy") -> None:
@@ -505,28 +509,44 @@ def damage_plot(cells: Sequence[LayerDamage], path: str | Path) -> None:
     plt.close(fig)
 
 
+def option_series(rows: Sequence[Summary], option: str) -> dict[tuple, list[tuple[float, Summary]]]:
+    """The lines of :func:`option_plot`: ``(model, task, pipeline, dtype suffix)`` → ``[(option
+    value, summary)]`` over the rows whose (canonical) options give ``option`` a number.
+
+    Raises:
+        ValueError: when no row does (a bool option is not a number here).
+    """
+    series: dict[tuple, list[tuple[float, Summary]]] = defaultdict(list)
+    dtypes = _dtypes_per_group(rows)
+    for r in rows:
+        value = json.loads(_options_of(r)).get(option)
+        if r.pipeline != FULL and isinstance(value, (int, float)) and not isinstance(value, bool):
+            series[(r.model, r.task, r.pipeline, _dtype_suffix(r, dtypes))].append((float(value), r))
+    if not series:
+        raise ValueError(f"no results have a numeric task option {option!r}")
+    return series
+
+
 def option_plot(rows: Sequence[Summary], option: str, path: str | Path) -> None:
     """% of full (95 % CI bars) against a numeric task option (e.g. needle ``length``), one
-    line per (model, pipeline); x on a log-2 scale."""
+    line per (model, pipeline, and dtype where the rows hold several); x on a log-2 scale.
+
+    Raises:
+        ValueError: as :func:`option_series`.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series: dict[tuple, list[tuple[float, Summary]]] = defaultdict(list)
-    for r in rows:
-        value = json.loads(r.canonical_options or r.task_options).get(option)
-        if r.pipeline != FULL and isinstance(value, (int, float)):
-            series[(r.model, r.task, r.pipeline)].append((float(value), r))
-    if not series:
-        raise ValueError(f"no results have a numeric task option {option!r}")
+    series = option_series(rows, option)
     fig, ax = plt.subplots(figsize=(9, 6))
-    for (model, task, pipeline), pts in sorted(series.items()):
+    for (model, task, pipeline, suffix), pts in sorted(series.items()):
         pts.sort(key=lambda p: p[0])
         xs = [x for x, _ in pts]
         ys = [s.percent for _, s in pts]
         err = [[max(s.percent - s.low, 0) for _, s in pts], [max(s.high - s.percent, 0) for _, s in pts]]
-        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=f"{model} · {pipeline}", alpha=0.85)
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=f"{model} · {pipeline}{suffix}", alpha=0.85)
     ax.set_xscale("log", base=2)
     ax.axhline(100, color="grey", lw=0.8, ls="--")
     ax.set_xlabel(f"task option {option}")

@@ -12,6 +12,7 @@ import json
 import platform
 import re
 import subprocess
+import zlib
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -68,8 +69,11 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
             f"{path}: the gzip data ends early after line {number} (a run killed while writing?); "
             f"`gzip -dc {path} > {path.with_suffix('')}` keeps its complete lines — resume from that file"
         ) from None
-    except gzip.BadGzipFile:
-        raise ResultsError(f"{path}: not gzip data (a results file named *.gz must be gzip-compressed)") from None
+    except gzip.BadGzipFile as exc:
+        raise ResultsError(f"{path}: bad gzip data after line {number} ({exc}; a results file named *.gz "
+                           "must be gzip-compressed)") from None
+    except zlib.error as exc:
+        raise ResultsError(f"{path}: corrupt gzip data after line {number} ({exc})") from None
     except UnicodeDecodeError:
         raise ResultsError(f"{path}: not UTF-8 text after line {number}") from None
     except OSError as exc:
@@ -99,6 +103,8 @@ def read_records(paths: Iterable[str | Path], *, partial_tail: bool = False) -> 
                 raise ResultsError(f"{path}:{number}: not JSON ({exc.msg}){hint}") from None
             if not isinstance(record, dict) or any(k not in record for k in required):
                 raise ResultsError(f"{path}:{number}: a record needs the fields {', '.join(required)}")
+            if not isinstance(record.get("task_options") or {}, dict):
+                raise ResultsError(f"{path}:{number}: task_options must be a JSON object")
             yield record
 
 

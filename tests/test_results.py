@@ -3,11 +3,12 @@ killed run left behind, files that are not results files at all."""
 
 import gzip
 import json
+from pathlib import Path
 
 import pytest
 
 from kvcodec.cli import main
-from kvcodec.report import markdown, option_plot, summarize
+from kvcodec.report import markdown, option_plot, option_series, summarize
 from kvcodec.results import ResultsError, ResultsFile, options_key, read_records, record_key
 from kvcodec.tasks import canonical_task_options, get_task
 
@@ -64,6 +65,28 @@ def test_report_names_the_dtype_when_one_group_comes_in_two():
     assert "· bfloat16" not in markdown(summarize(records[:2]))  # one dtype: no suffix
 
 
+def test_the_dtype_is_named_even_when_the_two_groups_spell_their_options_differently():
+    records = [_record(dtype="bfloat16", pipeline=p, options={"length": 1024}) for p in ("full", "int8")]
+    records += [_record(dtype="float32", pipeline=p, options={}) for p in ("full", "int8")]
+    table = markdown(summarize(records))
+    assert "needle {'length': 1024} · bfloat16" in table and "needle · float32" in table
+
+
+def test_option_values_are_canonical_beyond_the_defaults():
+    mmlu = get_task("mmlu")
+    assert mmlu.canonical_options({"subjects": "astronomy, anatomy"}) == mmlu.canonical_options({"subjects": ["anatomy", "astronomy"]})
+    assert record_key(_record(options={"depth": 1})) == record_key(_record(options={"depth": 1.0}))
+    assert record_key(_record(options={"depth": True})) != record_key(_record(options={"depth": 1.0}))
+
+
+def test_option_series_takes_no_bool_options_and_keeps_dtypes_apart():
+    squad = [_record(pipeline=p, task="squad") for p in ("full", "int8")]
+    with pytest.raises(ValueError, match="include_unanswerable"):
+        option_series(summarize(squad), "include_unanswerable")
+    needle = [_record(dtype=d, pipeline=p) for d in ("bfloat16", "float32") for p in ("full", "int8")]
+    assert len(option_series(summarize(needle), "length")) == 2
+
+
 # ----------------------------------------------------------------------------- broken files
 def _gz(path, text):
     with gzip.open(path, "wt", encoding="utf-8") as fh:
@@ -81,8 +104,17 @@ def test_a_truncated_gzip_file_is_a_one_line_error_naming_the_recovery(tmp_path)
     assert path.read_bytes() == data[: len(data) - 40]  # nothing changed
 
 
+def _corrupt_gz(tmp_path):
+    """A committed results file with a stretch of its deflate data flipped (not truncated):
+    zlib rejects it (invalid stored block lengths)."""
+    data = bytearray((Path(__file__).resolve().parents[1] / "reports" / "accuracy" / "needle.jsonl.gz").read_bytes())
+    data[2000:2100] = bytes(x ^ 255 for x in data[2000:2100])
+    return bytes(data)
+
+
 @pytest.mark.parametrize("name, content, message", [
-    ("r.jsonl.gz", b"not gzip at all\n", "not gzip data"),
+    ("r.jsonl.gz", b"not gzip at all\n", "bad gzip data"),
+    ("r.jsonl", (json.dumps({**_record(), "task_options": "length=1"}) + "\n").encode(), "task_options must be"),
     ("r.jsonl", b"\xff\xfe\x00bad", "not UTF-8"),
     ("r.jsonl", (json.dumps(_record()) + "\n" + '{"model": "m", "sam').encode(), "last line is incomplete"),
     ("r.jsonl", b'{"model": 1}\n', "needs the fields"),
@@ -93,6 +125,13 @@ def test_unreadable_results_files_are_one_line_errors(tmp_path, name, content, m
     with pytest.raises(ResultsError, match=message):
         ResultsFile(path)
     assert path.read_bytes() == content
+
+
+def test_corrupt_gzip_data_is_a_one_line_error(tmp_path):
+    path = tmp_path / "r.jsonl.gz"
+    path.write_bytes(_corrupt_gz(tmp_path))
+    with pytest.raises(ResultsError, match="corrupt gzip data"):
+        ResultsFile(path)
 
 
 def test_a_folder_is_not_a_results_file(tmp_path):
@@ -123,10 +162,15 @@ def test_cli_errors_for_unreadable_results_and_bad_outputs(tmp_path, capsys):
     good.write_text(json.dumps(_record()) + "\n" + json.dumps(_record(pipeline="int8")) + "\n", encoding="utf-8")
     bad_gz = tmp_path / "bad.jsonl.gz"
     bad_gz.write_bytes(b"plain text")
+    corrupt = tmp_path / "corrupt.jsonl.gz"
+    corrupt.write_bytes(_corrupt_gz(tmp_path))
     cases = [
-        (["report", str(bad_gz)], "not gzip data"),
+        (["report", str(bad_gz)], "bad gzip data"),
+        (["report", str(corrupt)], "corrupt gzip data"),
+        (["report", str(good), "--markdown", str(tmp_path / "w.md"), "--by-option", "lenght", str(tmp_path / "b.png")],
+         "no results have a numeric task option 'lenght'"),
         (["report", str(good), "--markdown", str(tmp_path / "no" / "x.md")], "no such folder"),
-        (["report", str(good), "--plot", str(tmp_path / "p.txt")], "must end in .png"),
+        (["report", str(good), "--plot", str(tmp_path / "p.txt")], "must end in a figure type"),
         (["report", str(good), "--frontier", str(tmp_path)], "is a directory"),
         (["eval", "--task", "squad", "--pipeline", "int8", "--data-dir", str(tmp_path), "--results", str(tmp_path)],
          "is a folder"),
@@ -140,3 +184,6 @@ def test_cli_errors_for_unreadable_results_and_bad_outputs(tmp_path, capsys):
         assert exc.value.code == 2, (argv, err)
         assert message in err and "Traceback" not in err, (argv, err)
     assert not (tmp_path / "p.txt").exists() and not (tmp_path / "no").exists()
+    assert not (tmp_path / "w.md").exists()  # a bad --by-option is found before the markdown is written
+    main(["report", str(good), "--plot", str(tmp_path / "p.jpg")])  # any file type matplotlib writes
+    assert (tmp_path / "p.jpg").read_bytes()[:2] == b"\xff\xd8"

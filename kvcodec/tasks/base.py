@@ -133,7 +133,20 @@ class Task(abc.ABC):
         values left out, keys sorted — so a run with the defaults and a run that types the
         same values out are one measurement."""
         merged = {**self.options, **dict(options or {})}
-        return {k: merged[k] for k in sorted(merged) if k not in self.hidden_options and merged[k] is not None}
+        out = {}
+        for k in sorted(merged):
+            value, default = merged[k], self.options.get(k)
+            if k in self.hidden_options or value is None:
+                continue
+            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)  # depth 1 and 1.0 are one depth
+            out[k] = value
+        return self._canonical(out)
+
+    def _canonical(self, options: dict[str, Any]) -> dict[str, Any]:
+        """A task's own normalisation of :meth:`canonical_options` (e.g. a sorted subject list);
+        the default keeps ``options`` as they are."""
+        return options
 
     @property
     def primary_metric(self) -> str:

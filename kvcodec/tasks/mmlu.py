@@ -102,6 +102,15 @@ class MMLUTask(Task):
     sources = (SOURCE,)
     answer_cue = "Answer:"
 
+    def _canonical(self, options: dict[str, Any]) -> dict[str, Any]:
+        """``subjects`` as the comma-joined sorted names :meth:`_load` reads (order, repeats and
+        spaces do not make another measurement)."""
+        names = options.get("subjects")
+        if isinstance(names, (str, list, tuple)):
+            chosen = sorted({str(s).strip() for s in (names.split(",") if isinstance(names, str) else names)} - {""})
+            options = {**options, "subjects": ",".join(chosen)}
+        return options
+
     def _load(self, data_dir: Path, *, n: int | None, seed: int, shots: Any, subjects: Any) -> list[Sample]:
         if isinstance(shots, bool) or not isinstance(shots, int) or shots < 0:
             raise TaskError(f"mmlu: shots must be a non-negative integer, got {shots!r}")
