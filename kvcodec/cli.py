@@ -870,6 +870,7 @@ def _run_eval(model, task_name, specs, n, seed, data_dir, results_path, options,
         samples = task.load(data, n=n, seed=seed, **load_opts)
     except ValueError as exc:
         raise InputError(str(exc)) from None
+    _check_prompt_lengths(lm, task, samples, max_new_tokens)
     if shard_of is not None:
         samples = samples[shard_of[0] :: shard_of[1]]
     if processes > 1:
@@ -921,6 +922,22 @@ def _run_eval(model, task_name, specs, n, seed, data_dir, results_path, options,
     if show:
         _wide_console().print(_summary_table(rows, f"{lm.name} · {task.name} {opts or ''} · n={len(samples)}"))
     return lm, rows
+
+
+def _check_prompt_lengths(lm, task, samples, max_new_tokens: int) -> None:
+    """Before any prefill: every sample's context + question tokens, plus the tokens to
+    generate, must fit the model's context (``max_position_embeddings``); InputError naming
+    the longest sample otherwise."""
+    from kvcodec.prompts import task_prompt
+
+    limit = getattr(lm.model.config.get_text_config(), "max_position_embeddings", None)
+    if not limit or not samples:
+        return
+    longest, sample = max((len(p.context_ids) + len(p.question_ids), s.id)
+                          for s in samples for p in [task_prompt(lm.tokenizer, task, s, chat=lm.chat)])
+    if longest + max_new_tokens > limit:
+        raise InputError(f"sample {sample}: {longest} prompt tokens + {max_new_tokens} to generate exceed "
+                         f"{lm.name}'s context of {limit} tokens")
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -1251,6 +1268,7 @@ def eval_progressive(streams, policies, fixed, planes_per_message, model, task, 
         samples = task_obj.load(data, n=n, seed=seed, **load_opts)
     except ValueError as exc:
         raise InputError(str(exc)) from None
+    _check_prompt_lengths(lm, task_obj, samples, max_new_tokens)
     names = {FULL}
     for spec in stream_specs:
         with err_console.status(f"{lm.name} · {task_obj.name} · {spec} …"):

@@ -176,3 +176,14 @@ def test_cli_eval_processes_match_one_process(tmp_path):
     assert len(a) == 6 and a == b
     result = runner.invoke(cli.cli, base + ["--results", str(two), "--processes", "2"])
     assert result.exit_code == 0 and len(list(read_records([two]))) == 6  # resumed: nothing new
+
+
+def test_prompts_longer_than_the_model_context_are_refused_before_any_prefill(lm, monkeypatch):
+    from kvcodec.cli import InputError, _check_prompt_lengths
+
+    task = get_task("squad")
+    samples = _samples(lm, task, 3)
+    _check_prompt_lengths(lm, task, samples, 32)  # the real context: fits
+    monkeypatch.setattr(lm.model.config.get_text_config(), "max_position_embeddings", 120)
+    with pytest.raises(InputError, match=r"prompt tokens \+ 32 to generate exceed .* context of 120 tokens"):
+        _check_prompt_lengths(lm, task, samples, 32)
