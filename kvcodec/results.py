@@ -80,6 +80,26 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
         raise ResultsError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
+_REQUIRED = ("model", "model_sha256", "dtype", "task", "sample_id", "pipeline", "score")
+
+
+def _records_of(path: Path, partial_tail: bool = False) -> Iterator[tuple[dict[str, Any], bool]]:
+    """``(record, whether its line ends in a newline)`` for every record of one file."""
+    for number, line in _lines(path):
+        if not line.strip() or (partial_tail and not line.endswith("\n")):
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            hint = "" if line.endswith("\n") else " — the last line is incomplete (a run killed mid-line?); delete it to resume"
+            raise ResultsError(f"{path}:{number}: not JSON ({exc.msg}){hint}") from None
+        if not isinstance(record, dict) or any(k not in record for k in _REQUIRED):
+            raise ResultsError(f"{path}:{number}: a record needs the fields {', '.join(_REQUIRED)}")
+        if not isinstance(record.get("task_options") or {}, dict):
+            raise ResultsError(f"{path}:{number}: task_options must be a JSON object")
+        yield record, line.endswith("\n")
+
+
 def read_records(paths: Iterable[str | Path], *, partial_tail: bool = False) -> Iterator[dict[str, Any]]:
     """Every record of every file, in order; a missing file yields nothing. With
     ``partial_tail``, a last line without its newline (a writer killed mid-line) is skipped.
@@ -88,35 +108,10 @@ def read_records(paths: Iterable[str | Path], *, partial_tail: bool = False) -> 
         ResultsError: for a line that is not a JSON object with the required fields, and
             for a file that cannot be read (a folder, truncated or bad gzip data, not UTF-8).
     """
-    required = ("model", "model_sha256", "dtype", "task", "sample_id", "pipeline", "score")
     for path in paths:
         path = Path(path)
-        if not path.exists():
-            continue
-        for number, line in _lines(path):
-            if not line.strip() or (partial_tail and not line.endswith("\n")):
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                hint = "" if line.endswith("\n") else " — the last line is incomplete (a run killed mid-line?); delete it to resume"
-                raise ResultsError(f"{path}:{number}: not JSON ({exc.msg}){hint}") from None
-            if not isinstance(record, dict) or any(k not in record for k in required):
-                raise ResultsError(f"{path}:{number}: a record needs the fields {', '.join(required)}")
-            if not isinstance(record.get("task_options") or {}, dict):
-                raise ResultsError(f"{path}:{number}: task_options must be a JSON object")
-            yield record
-
-
-def _ends_open(path: Path) -> bool:
-    """Whether the file's text ends in a line without its newline (a later append must
-    start a new line)."""
-    if not path.exists() or path.stat().st_size == 0:
-        return False
-    last = ""
-    for _, line in _lines(path):
-        last = line
-    return bool(last) and not last.endswith("\n")
+        if path.exists():
+            yield from (record for record, _ in _records_of(path, partial_tail))
 
 
 class ResultsFile:
@@ -128,9 +123,12 @@ class ResultsFile:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.records = list(read_records([self.path]))
+        self.records: list[dict[str, Any]] = []
+        self._open_tail = False  # the last record's line has no newline: an append starts a new line
+        for record, closed in _records_of(self.path) if self.path.exists() else ():
+            self.records.append(record)
+            self._open_tail = not closed
         self.keys = {record_key(r): r for r in self.records}
-        self._open_tail = _ends_open(self.path)
 
     def get(self, key: tuple) -> dict[str, Any] | None:
         return self.keys.get(key)

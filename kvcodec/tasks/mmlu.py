@@ -71,14 +71,20 @@ def format_question(question: str, choices: Iterable[str]) -> str:
     return question + "".join(f"\n{letter}. {text}" for letter, text in zip(LETTERS, choices)) + "\n"
 
 
+def _subject_names(option: Any) -> list[str]:
+    """The subjects an option names, sorted, without repeats or blanks (a list of names or a
+    comma-separated string); TaskError otherwise."""
+    names = option.split(",") if isinstance(option, str) else option
+    try:
+        return sorted({str(s).strip() for s in names if str(s).strip()})
+    except TypeError:
+        raise TaskError(f"mmlu: subjects must be a list of names or a comma-separated string, got {option!r}") from None
+
+
 def _subjects(option: Any, available: list[str]) -> list[str]:
     if option is None:
         return available
-    names = option.split(",") if isinstance(option, str) else option
-    try:
-        chosen = sorted({str(s).strip() for s in names if str(s).strip()})
-    except TypeError:
-        raise TaskError(f"mmlu: subjects must be a list of names or a comma-separated string, got {option!r}") from None
+    chosen = _subject_names(option)
     if not chosen:
         raise TaskError("mmlu: subjects names no subject")
     unknown = [s for s in chosen if s not in available]
@@ -107,8 +113,7 @@ class MMLUTask(Task):
         spaces do not make another measurement)."""
         names = options.get("subjects")
         if isinstance(names, (str, list, tuple)):
-            chosen = sorted({str(s).strip() for s in (names.split(",") if isinstance(names, str) else names)} - {""})
-            options = {**options, "subjects": ",".join(chosen)}
+            options = {**options, "subjects": ",".join(_subject_names(names))}
         return options
 
     def _load(self, data_dir: Path, *, n: int | None, seed: int, shots: Any, subjects: Any) -> list[Sample]:
