@@ -1320,9 +1320,8 @@ def report(results, md_path, png_path, damage_path, by_option, frontier_path):
     missing = [r for r in results if not Path(r).is_file()]
     if missing:
         raise InputError(f"no such results file: {missing[0]}")
-    _check_outputs(("--markdown", md_path, None), ("--plot", png_path, _FIGURE_SUFFIXES),
-                   ("--damage-map", damage_path, _FIGURE_SUFFIXES), ("--frontier", frontier_path, _FIGURE_SUFFIXES),
-                   ("--by-option", by_option[1] if by_option else None, _FIGURE_SUFFIXES))
+    _check_outputs(("--markdown", md_path, False), ("--plot", png_path, True), ("--damage-map", damage_path, True),
+                   ("--frontier", frontier_path, True), ("--by-option", by_option[1] if by_option else None, True))
     try:
         rows = summarize(read_records(results))
     except ResultsError as exc:
@@ -1355,10 +1354,8 @@ def report(results, md_path, png_path, damage_path, by_option, frontier_path):
     click.echo(text)
 
 
-_FIGURE_SUFFIXES = "matplotlib"  # a figure: any file type matplotlib writes (.png, .pdf, .svg, .jpg, …)
-
-
 def _figure_suffixes() -> tuple[str, ...]:
+    """The file types matplotlib writes (.png, .pdf, .svg, .jpg, …), as name suffixes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1367,14 +1364,14 @@ def _figure_suffixes() -> tuple[str, ...]:
     return tuple(sorted("." + k for k in Figure().canvas.get_supported_filetypes()))
 
 
-def _check_outputs(*outputs: tuple[str, str | None, str | None]) -> None:
-    """Before anything is written: each ``(option, path, kind)`` with a path must name a file
-    in an existing folder, and a figure (kind ``_FIGURE_SUFFIXES``) a file type matplotlib
-    writes (InputError otherwise)."""
-    for option, path, kind in outputs:
+def _check_outputs(*outputs: tuple[str, str | None, bool]) -> None:
+    """Before anything is written: each ``(option, path, figure)`` with a path must name a
+    file in an existing folder, and a figure a file type matplotlib writes (InputError
+    otherwise)."""
+    for option, path, figure in outputs:
         if not path:
             continue
-        suffixes = _figure_suffixes() if kind == _FIGURE_SUFFIXES else None
+        suffixes = _figure_suffixes() if figure else None
         target = Path(path)
         if not target.parent.is_dir():
             raise InputError(f"{option}: no such folder for {path!r}")
